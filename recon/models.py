@@ -1,0 +1,208 @@
+"""The paper's network: a homogeneous ReLU MLP with one output logit.
+
+``MLP(input_shape, widths=(1000, 1000))`` is the D-1000-1000-1 network of Haim et al.
+(2022): ReLU activations, a bias in the first layer only, no bias in the hidden or output
+layers. The first-layer bias acts as a weight on a constant input, so the network is
+positively homogeneous in its parameters, of degree ``depth = len(widths) + 1``:
+``Phi(c * theta; x) = c**depth * Phi(theta; x)`` for ``c > 0``. That homogeneity is what
+the implicit-bias theory (and so the reconstruction) rests on.
+
+The forward pass takes an optional ``alpha``. With ``alpha=None`` the ReLU is exact. With
+a number, the forward value is still the exact ReLU but its derivative is
+``sigmoid(alpha * z)`` instead of the step function: the reconstruction differentiates the
+network's parameter gradient with respect to the input, and the step function's derivative
+in ``z`` is zero almost everywhere, so an exact ReLU would give the optimiser no signal.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["MLP", "relu_soft_backward", "check_supported", "UnsupportedModelError"]
+
+
+class UnsupportedModelError(TypeError):
+    """Raised when a model is not an MLP of the form this library supports."""
+
+
+def relu_soft_backward(z: torch.Tensor, alpha: float | None) -> torch.Tensor:
+    """ReLU whose forward is exact and whose derivative is ``sigmoid(alpha * z)``.
+
+    ``softplus(alpha z) / alpha`` has derivative ``sigmoid(alpha z)``; adding it and
+    subtracting its detached value leaves the forward value at ``relu(z)`` while autograd
+    (including double backward) sees the smooth gate. ``alpha=None`` gives the exact ReLU.
+
+    z: any shape. Returns the same shape.
+    """
+    if alpha is None:
+        return F.relu(z)
+    smooth = F.softplus(alpha * z) / alpha
+    return F.relu(z).detach() + smooth - smooth.detach()
+
+
+class MLP(nn.Module):
+    """Fully connected ReLU network ``D -> widths... -> 1`` with a first-layer bias only.
+
+    Args:
+        input_shape: shape of one input, e.g. ``(1, 28, 28)`` or ``(3, 32, 32)`` or ``(2,)``.
+        widths: hidden widths; the paper uses ``(1000, 1000)``.
+        init_scale: the first layer's weight and bias are drawn ``N(0, 1) * init_scale``
+            (paper: 1e-4). Deeper layers keep PyTorch's default initialisation unless
+            ``deep_init_scale`` is given, in which case they are ``N(0, 1) * deep_init_scale``.
+        first_bias: keep the first layer's bias (the paper does).
+
+    ``forward(x, alpha=None)``: x ``(m, *input_shape)`` -> logits ``(m,)``.
+    """
+
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        widths: Sequence[int] = (1000, 1000),
+        init_scale: float | None = 1e-4,
+        first_bias: bool = True,
+        deep_init_scale: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.input_shape = tuple(int(s) for s in input_shape)
+        self.widths = tuple(int(w) for w in widths)
+        if not self.widths or any(w <= 0 for w in self.widths):
+            raise ValueError(f"widths must be a non-empty list of positive ints, got {widths!r}")
+        if any(s <= 0 for s in self.input_shape):
+            raise ValueError(f"input_shape must be positive, got {input_shape!r}")
+        self.first_bias = bool(first_bias)
+        dims = (math.prod(self.input_shape), *self.widths, 1)
+        self.layers = nn.ModuleList(
+            nn.Linear(d_in, d_out, bias=(i == 0 and self.first_bias))
+            for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:]))
+        )
+        with torch.no_grad():
+            if init_scale is not None:
+                self.layers[0].weight.normal_().mul_(init_scale)
+                if self.first_bias:
+                    self.layers[0].bias.normal_().mul_(init_scale)
+            if deep_init_scale is not None:
+                for layer in self.layers[1:]:
+                    layer.weight.normal_().mul_(deep_init_scale)
+
+    @property
+    def depth(self) -> int:
+        """Number of linear layers = degree of homogeneity in the parameters."""
+        return len(self.layers)
+
+    @property
+    def input_dim(self) -> int:
+        return math.prod(self.input_shape)
+
+    def arch(self) -> dict:
+        """JSON-serialisable description, enough to rebuild the module."""
+        return {
+            "input_shape": list(self.input_shape),
+            "widths": list(self.widths),
+            "first_bias": self.first_bias,
+        }
+
+    def check_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Validate ``x`` of shape ``(m, *input_shape)`` (or ``(m, D)``); return it flattened."""
+        if x.dim() < 2:
+            raise ValueError(
+                f"expected a batch of inputs of shape (m, {', '.join(map(str, self.input_shape))}),"
+                f" got shape {tuple(x.shape)}; add a batch dimension with x.unsqueeze(0)"
+            )
+        if tuple(x.shape[1:]) != self.input_shape and tuple(x.shape[1:]) != (self.input_dim,):
+            raise ValueError(
+                f"this model takes inputs of shape (m, {', '.join(map(str, self.input_shape))}),"
+                f" got {tuple(x.shape)}"
+            )
+        return x.reshape(x.shape[0], -1)
+
+    def features(self, x: torch.Tensor, alpha: float | None = None) -> list[torch.Tensor]:
+        """Pre-activations of every layer: a list of ``(m, width_l)`` tensors, last ``(m, 1)``."""
+        h = self.check_input(x)
+        pre = []
+        for i, layer in enumerate(self.layers):
+            if i > 0:
+                h = relu_soft_backward(h, alpha)
+            h = layer(h)
+            pre.append(h)
+        return pre
+
+    def forward(self, x: torch.Tensor, alpha: float | None = None) -> torch.Tensor:
+        return self.features(x, alpha)[-1].squeeze(-1)
+
+    def extra_repr(self) -> str:
+        return f"input_shape={self.input_shape}, widths={self.widths}"
+
+    @classmethod
+    def from_sequential(cls, seq: nn.Sequential, input_shape: Sequence[int]) -> MLP:
+        """Build an :class:`MLP` holding the weights of ``Flatten? Linear ReLU ... Linear``."""
+        mods = [m for m in seq if not isinstance(m, nn.Flatten)]
+        linears = mods[0::2]
+        acts = mods[1::2]
+        if (
+            not linears
+            or not all(isinstance(m, nn.Linear) for m in linears)
+            or not all(isinstance(m, nn.ReLU) for m in acts)
+            or len(acts) != len(linears) - 1
+        ):
+            raise UnsupportedModelError(
+                "expected nn.Sequential(Linear, ReLU, Linear, ..., ReLU, Linear); got "
+                + ", ".join(type(m).__name__ for m in seq)
+            )
+        if any(m.bias is not None for m in linears[1:]):
+            raise UnsupportedModelError(
+                "a hidden or output Linear has a bias: the method needs a homogeneous network "
+                "(bias in the first layer only)"
+            )
+        if linears[-1].out_features != 1:
+            raise UnsupportedModelError(
+                f"the output layer has {linears[-1].out_features} outputs; "
+                "the method needs one logit"
+            )
+        model = cls(
+            input_shape,
+            widths=[m.out_features for m in linears[:-1]],
+            init_scale=None,
+            first_bias=linears[0].bias is not None,
+        )
+        if model.input_dim != linears[0].in_features:
+            raise UnsupportedModelError(
+                f"input_shape {tuple(input_shape)} has {model.input_dim} values but the first "
+                f"Linear takes {linears[0].in_features}"
+            )
+        model.load_state_dict(
+            {f"layers.{i}.{k}": v for i, m in enumerate(linears) for k, v in m.state_dict().items()}
+        )
+        return model.to(linears[0].weight.dtype)
+
+
+def check_supported(model: nn.Module) -> MLP:
+    """Return ``model`` if the reconstruction supports it, else raise a clear error.
+
+    Supported: this library's :class:`MLP` (homogeneous ReLU network, one logit, bias in the
+    first layer at most). A plain ``nn.Sequential`` of Linear/ReLU layers with the same
+    structure can be converted with :func:`MLP.from_sequential`.
+    """
+    if isinstance(model, MLP):
+        for i, layer in enumerate(model.layers):
+            if i > 0 and layer.bias is not None:
+                raise UnsupportedModelError(
+                    f"layer {i} has a bias: the method needs a homogeneous network "
+                    "(bias in the first layer only)"
+                )
+        if model.layers[-1].out_features != 1:
+            raise UnsupportedModelError("the method needs a binary classifier with one output")
+        return model
+    if isinstance(model, nn.Sequential):
+        raise UnsupportedModelError(
+            "got an nn.Sequential; convert it with recon.models.MLP.from_sequential(model, "
+            "input_shape) (Linear/ReLU layers only, bias in the first Linear only, one output)"
+        )
+    raise UnsupportedModelError(
+        f"got a {type(model).__name__}; the reconstruction supports recon.models.MLP: a ReLU "
+        "MLP with one output logit and a bias in the first layer only (a homogeneous network)"
+    )

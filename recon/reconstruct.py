@@ -1,0 +1,349 @@
+"""Reconstruct training images from a trained network's weights (Haim et al., 2022).
+
+Given trained parameters ``theta``, look for ``m`` inputs ``x_j`` with fixed balanced labels
+``y_j`` and multipliers ``lambda_j`` that satisfy the stationarity condition of the KKT
+conditions of margin maximisation. The loss, term by term (METHOD.md):
+
+    L_stat  = || theta - (1/m) grad_theta sum_j lambda_j y_j Phi(theta; x_j) ||^2
+    L_lam   = 5 sum_j relu(lambda_min - lambda_j)^2
+    L_prior = sum relu(x - hi)^2 + relu(lo - x)^2
+    L       = L_stat + L_lam + L_prior
+
+``L_stat`` contains a gradient, so minimising it over ``x`` needs the gradient of a gradient
+(double backward). The ReLU's derivative is a step whose own derivative is zero, so the
+network is evaluated with :func:`recon.models.relu_soft_backward`: exact forward, derivative
+``sigmoid(alpha z)``.
+
+Two optimiser choices: the paper's (SGD with momentum 0.9 for both ``x`` and ``lambda``) and
+Adam, which on a CPU budget is what makes random starts converge to real images (measured in
+FINDINGS.md). Two pixel boxes: the paper's ``[-1, 1]`` in mean-subtracted space, and the valid
+image range ``[-mean, 1 - mean]`` (it uses the training mean, which the paper's evaluation
+also assumes known).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .models import MLP, check_supported
+from .provenance import provenance
+
+__all__ = [
+    "ReconConfig",
+    "ReconResult",
+    "kkt_loss_terms",
+    "stationarity_loss",
+    "balanced_labels",
+    "reconstruct",
+    "load_reconstruction",
+]
+
+RECON_FORMAT = "recon-reconstruction/1"
+
+
+@dataclass
+class ReconConfig:
+    """Hyperparameters of one reconstruction run.
+
+    The four that matter (tuned by random search in the paper): ``lr_x``, ``init_scale``,
+    ``lambda_min``, ``alpha``. The defaults are the recipe measured to recover MNIST digits
+    from random starts on a CPU (Adam, valid-range box, ``lr_lambda=1e-2``);
+    :meth:`paper` gives the paper's optimiser, box, multiplier learning rate and step count.
+    """
+
+    n_candidates: int = 100
+    steps: int = 3000
+    lr_x: float = 0.01
+    lr_lambda: float = 1e-2
+    init_scale: float = 1e-3
+    lambda_min: float = 0.45
+    alpha: float = 100.0
+    optimizer: str = "adam"  # "adam" | "sgd" (paper: SGD, momentum 0.9, for x and lambda)
+    box: str = "valid"  # "valid": [-mean, 1 - mean]; "paper": [-1, 1]
+    dtype: str = "float32"
+    seed: int = 0
+    log_every: int = 50
+
+    def __post_init__(self) -> None:
+        if self.n_candidates < 2:
+            raise ValueError("n_candidates must be at least 2 (half get y=-1, half y=+1)")
+        if self.optimizer not in ("adam", "sgd"):
+            raise ValueError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
+        if self.box not in ("valid", "paper"):
+            raise ValueError(f"box must be 'valid' or 'paper', got {self.box!r}")
+        if self.dtype not in ("float32", "float64"):
+            raise ValueError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
+        for name in ("lr_x", "lr_lambda", "init_scale", "alpha"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
+        if self.steps < 0 or self.log_every <= 0:
+            raise ValueError("steps must be >= 0 and log_every > 0")
+
+    @classmethod
+    def paper(cls, **overrides) -> ReconConfig:
+        """The paper's optimiser and schedule, with hyperparameters from its good runs."""
+        base = dict(steps=50_000, optimizer="sgd", box="paper", lr_lambda=1e-4, lr_x=0.1,
+                    init_scale=1e-2, lambda_min=0.45, alpha=20.0)
+        return cls(**{**base, **overrides})
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class ReconResult:
+    """Candidates ``x`` ``(m, C, H, W)`` (mean-subtracted space), multipliers ``lam`` ``(m,)``,
+    labels ``y`` ``(m,)``, the loss history, snapshots ``{step: x}`` and the run's config."""
+
+    x: torch.Tensor
+    lam: torch.Tensor
+    y: torch.Tensor
+    config: ReconConfig
+    history: dict[str, list[float]] = field(default_factory=dict)
+    snapshots: dict[int, torch.Tensor] = field(default_factory=dict)
+    step: int = 0
+    wall_time: float = 0.0
+
+    def final(self) -> dict[str, float]:
+        return {k: v[-1] for k, v in self.history.items() if v}
+
+
+def balanced_labels(m: int, dtype=torch.float32, device=None) -> torch.Tensor:
+    """``(m,)`` labels: the first ``m // 2`` are -1, the rest +1."""
+    y = torch.ones(m, dtype=dtype, device=device)
+    y[: m // 2] = -1
+    return y
+
+
+def _box(config: ReconConfig, mean: torch.Tensor | None, like: torch.Tensor):
+    if config.box == "paper":
+        return -1.0, 1.0
+    if mean is None:
+        raise ValueError(
+            "box='valid' keeps pixels in [-mean, 1 - mean] and needs the training mean; pass "
+            "mean=task.mean, or use box='paper'"
+        )
+    mean = mean.to(like.device, like.dtype)
+    if mean.dim() != like.dim() or mean.shape[1:] != like.shape[1:]:
+        raise ValueError(
+            f"mean must have shape (1, {', '.join(map(str, like.shape[1:]))}), got "
+            f"{tuple(mean.shape)}"
+        )
+    return -mean, 1.0 - mean
+
+
+def stationarity_loss(
+    model: MLP, x: torch.Tensor, lam: torch.Tensor, y: torch.Tensor, alpha: float | None
+) -> torch.Tensor:
+    """``|| theta - (1/m) grad_theta sum_j lam_j y_j Phi(theta; x_j) ||^2`` (theta detached).
+
+    Differentiable in ``x`` and ``lam`` (the inner gradient is built with a graph).
+    x: ``(m, *input_shape)``; lam, y: ``(m,)``. The model's parameters must require grad.
+    """
+    params = [p for p in model.parameters()]
+    out = model(x, alpha=alpha)
+    grads = torch.autograd.grad((out * lam * y).sum() / len(x), params, create_graph=True)
+    return sum((p.detach() - g).pow(2).sum() for p, g in zip(params, grads))
+
+
+def kkt_loss_terms(
+    model: MLP,
+    x: torch.Tensor,
+    lam: torch.Tensor,
+    y: torch.Tensor,
+    config: ReconConfig,
+    lo,
+    hi,
+) -> dict[str, torch.Tensor]:
+    """The three loss terms and their sum: ``{"stat", "lam", "prior", "loss"}``."""
+    stat = stationarity_loss(model, x, lam, y, config.alpha)
+    lam_pen = 5 * torch.relu(config.lambda_min - lam).pow(2).sum()
+    prior = torch.relu(x - hi).pow(2).sum() + torch.relu(lo - x).pow(2).sum()
+    return {"stat": stat, "lam": lam_pen, "prior": prior, "loss": stat + lam_pen + prior}
+
+
+def _optimizers(config: ReconConfig, x: torch.Tensor, lam: torch.Tensor):
+    if config.optimizer == "sgd":
+        return (torch.optim.SGD([x], lr=config.lr_x, momentum=0.9),
+                torch.optim.SGD([lam], lr=config.lr_lambda, momentum=0.9))
+    return torch.optim.Adam([x], lr=config.lr_x), torch.optim.Adam([lam], lr=config.lr_lambda)
+
+
+def _theta_fingerprint(model: MLP) -> str:
+    h = hashlib.sha256()
+    for p in model.parameters():
+        h.update(p.detach().double().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _save(path: Path, res: ReconResult, opts, fingerprint: str) -> None:
+    payload = {
+        "format": RECON_FORMAT,
+        "config": res.config.to_dict(),
+        "theta_fingerprint": fingerprint,
+        "x": res.x.detach().cpu(),
+        "lam": res.lam.detach().cpu(),
+        "y": res.y.cpu(),
+        "history": res.history,
+        "snapshots": {int(k): v.cpu() for k, v in res.snapshots.items()},
+        "step": res.step,
+        "wall_time": res.wall_time,
+        "optimizers": [o.state_dict() for o in opts] if opts else [],
+        "provenance": provenance(res.x.device),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def load_reconstruction(path: str | os.PathLike) -> tuple[ReconResult, dict]:
+    """Read a reconstruction file (``weights_only=True``); returns ``(result, raw)``."""
+    path = Path(path)
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as e:
+        raise ValueError(f"{path} is not a readable reconstruction file: {e}") from e
+    if not isinstance(raw, dict) or raw.get("format") != RECON_FORMAT:
+        raise ValueError(f"{path} is not a recon reconstruction file ({RECON_FORMAT})")
+    res = ReconResult(
+        x=raw["x"], lam=raw["lam"], y=raw["y"], config=ReconConfig(**raw["config"]),
+        history=raw["history"], snapshots={int(k): v for k, v in raw["snapshots"].items()},
+        step=raw["step"], wall_time=raw["wall_time"],
+    )
+    return res, raw
+
+
+def reconstruct(
+    model: MLP,
+    config: ReconConfig,
+    *,
+    mean: torch.Tensor | None = None,
+    x_init: torch.Tensor | None = None,
+    lam_init: torch.Tensor | None = None,
+    y: torch.Tensor | None = None,
+    snapshot_steps: tuple[int, ...] = (),
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int = 500,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> ReconResult:
+    """Run the KKT reconstruction against ``model``'s parameters.
+
+    Args:
+        model: a trained :class:`recon.models.MLP` (left unchanged; a copy is used).
+        config: hyperparameters (:class:`ReconConfig`).
+        mean: ``(1, C, H, W)`` training mean, needed for ``box="valid"``.
+        x_init, lam_init, y: optional starting candidates ``(m, *input_shape)``, multipliers
+            ``(m,)`` and labels ``(m,)`` in {-1, +1} (e.g. the true training set, as a positive
+            control); by default ``x ~ N(0, 1) * init_scale``, ``lam ~ U(0, 1)``, balanced y.
+        snapshot_steps: steps at which to keep a copy of ``x`` (step 0 is the start).
+        checkpoint: file to save the run to every ``checkpoint_every`` steps and at the end;
+            if it exists (same config and same weights) the run resumes from it.
+        device: where to run (default: the model's device).
+
+    Returns a :class:`ReconResult` on the CPU. ``history["stat_rel"]`` is the stationarity
+    loss divided by ``||theta||^2``: the fraction of the weights the candidates fail to explain.
+    """
+    check_supported(model)
+    dtype = torch.float64 if config.dtype == "float64" else torch.float32
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    net = copy.deepcopy(model).to(device, dtype)
+    for p in net.parameters():
+        p.requires_grad_(True)
+    theta2 = float(sum(p.detach().pow(2).sum() for p in net.parameters()))
+    fingerprint = _theta_fingerprint(net)
+    m = config.n_candidates
+    shape = (m, *net.input_shape)
+
+    gen = torch.Generator().manual_seed(config.seed)
+    if x_init is None:
+        x0 = torch.randn(shape, generator=gen, dtype=dtype) * config.init_scale
+    else:
+        if tuple(x_init.shape) != shape:
+            raise ValueError(f"x_init must have shape {shape} (n_candidates={m}), got "
+                             f"{tuple(x_init.shape)}")
+        x0 = x_init.detach().to(dtype).cpu().clone()
+    lam0 = torch.rand(m, generator=gen, dtype=dtype) if lam_init is None else lam_init.detach()
+    y = balanced_labels(m, dtype) if y is None else y.detach()
+    if tuple(lam0.shape) != (m,) or tuple(y.shape) != (m,):
+        raise ValueError(f"lam_init and y must have shape ({m},)")
+    if not bool(((y == 1) | (y == -1)).all()):
+        raise ValueError("y must hold only -1 and +1")
+    x = x0.to(device, dtype).requires_grad_(True)
+    lam = lam0.to(device, dtype).clone().requires_grad_(True)
+    y = y.to(device, dtype)
+    lo, hi = _box(config, mean, x)
+    opt_x, opt_l = _optimizers(config, x, lam)
+
+    res = ReconResult(x, lam, y.cpu(), config,
+                      {k: [] for k in ("step", "loss", "stat", "stat_rel", "lam_pen", "prior")})
+    path = Path(checkpoint) if checkpoint else None
+    if path is not None and path.is_file():
+        prev, raw = load_reconstruction(path)
+        same = {k: v for k, v in raw["config"].items() if k != "steps"} == {
+            k: v for k, v in config.to_dict().items() if k != "steps"}
+        if not same or raw["theta_fingerprint"] != fingerprint:
+            raise ValueError(
+                f"{path} holds a run with another config or other weights; pass another "
+                "checkpoint path, or delete the file to start over"
+            )
+        with torch.no_grad():
+            x.copy_(prev.x)
+            lam.copy_(prev.lam)
+        y = prev.y.to(device, dtype)
+        res.y = prev.y
+        opt_x.load_state_dict(raw["optimizers"][0])
+        opt_l.load_state_dict(raw["optimizers"][1])
+        res.history, res.snapshots = prev.history, prev.snapshots
+        res.step, res.wall_time = prev.step, prev.wall_time
+    t0 = time.perf_counter() - res.wall_time
+    if 0 in snapshot_steps and res.step == 0:
+        res.snapshots[0] = x.detach().cpu().clone()
+
+    bar = tqdm(range(res.step, config.steps), desc="reconstruct", disable=not progress,
+               initial=res.step, total=config.steps)
+    for step in bar:
+        terms = kkt_loss_terms(net, x, lam, y, config, lo, hi)
+        loss = terms["loss"]
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"reconstruction diverged at step {step} (loss {loss.item()}); lower lr_x or "
+                "lr_lambda, or rescale the model's weights"
+            )
+        gx, gl = torch.autograd.grad(loss, [x, lam])
+        x.grad, lam.grad = gx, gl
+        opt_x.step()
+        opt_l.step()
+        res.step = step + 1
+        if step % config.log_every == 0 or res.step == config.steps:
+            h = res.history
+            h["step"].append(step)
+            h["loss"].append(loss.item())
+            h["stat"].append(terms["stat"].item())
+            h["stat_rel"].append(terms["stat"].item() / theta2)
+            h["lam_pen"].append(terms["lam"].item())
+            h["prior"].append(terms["prior"].item())
+            bar.set_postfix(stat_rel=f"{h['stat_rel'][-1]:.3g}")
+        if res.step in snapshot_steps:
+            res.snapshots[res.step] = x.detach().cpu().clone()
+        if path is not None and res.step % checkpoint_every == 0:
+            res.wall_time = time.perf_counter() - t0
+            _save(path, res, (opt_x, opt_l), fingerprint)
+    res.wall_time = time.perf_counter() - t0
+    if path is not None:
+        _save(path, res, (opt_x, opt_l), fingerprint)
+    res.x = x.detach().cpu()
+    res.lam = lam.detach().cpu()
+    return res

@@ -1,0 +1,318 @@
+"""Full-batch gradient descent on the logistic loss, as in the paper, with checkpoints.
+
+The paper trains the D-1000-1000-1 MLP with full-batch gradient descent (lr 0.01, no
+momentum, no weight decay) on the binary logistic loss in float64 for 10^6 epochs. All of
+that is configurable here (:class:`TrainConfig`), plus optional weight decay: at a stationary
+point of ``loss + wd/2 ||theta||^2`` the stationarity equation of the KKT conditions holds
+exactly (Buzaglo et al., 2023), which makes a model far easier to reconstruct on a small
+budget.
+
+Checkpoints are plain dictionaries of tensors and numbers, written with ``torch.save`` and read
+with ``torch.load(weights_only=True)``: loading one never runs code from the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .models import MLP, check_supported
+from .provenance import provenance
+
+__all__ = [
+    "TrainConfig",
+    "TrainResult",
+    "train",
+    "train_task",
+    "save_checkpoint",
+    "load_checkpoint",
+    "CheckpointError",
+    "logistic_loss",
+    "margins",
+    "check_binary_data",
+]
+
+CHECKPOINT_FORMAT = "recon-mlp/1"
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, corrupt, untrusted or does not fit the model."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (stored in every checkpoint).
+
+    Paper recipe: ``widths=(1000, 1000), init_scale=1e-4, lr=0.01, weight_decay=0,
+    dtype="float64", epochs=10**6``.
+    """
+
+    widths: tuple[int, ...] = (1000, 1000)
+    init_scale: float = 1e-4
+    deep_init_scale: float | None = None
+    lr: float = 0.01
+    weight_decay: float = 0.0
+    epochs: int = 10_000
+    dtype: str = "float64"
+    seed: int = 0
+    log_every: int = 100
+
+    def __post_init__(self) -> None:
+        self.widths = tuple(int(w) for w in self.widths)
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        if self.lr <= 0 or self.epochs < 0 or self.weight_decay < 0:
+            raise ValueError("lr must be > 0, epochs >= 0 and weight_decay >= 0")
+        if self.log_every <= 0:
+            raise ValueError("log_every must be a positive number of epochs")
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["widths"] = list(self.widths)
+        return d
+
+
+@dataclass
+class TrainResult:
+    model: MLP
+    config: TrainConfig
+    history: dict[str, list[float]] = field(default_factory=dict)
+    epoch: int = 0
+    wall_time: float = 0.0
+
+    def final(self) -> dict[str, float]:
+        """The last logged value of every history series."""
+        return {k: v[-1] for k, v in self.history.items() if v}
+
+
+def check_binary_data(
+    model: MLP, x: torch.Tensor, y: torch.Tensor, what: str = "training"
+) -> None:
+    """Raise ``ValueError`` unless ``x`` fits the model and ``y`` is a ``(n,)`` vector of +-1."""
+    model.check_input(x)
+    if y.dim() != 1 or y.shape[0] != x.shape[0]:
+        raise ValueError(
+            f"{what} labels must have shape ({x.shape[0]},) to match x; got {tuple(y.shape)}"
+        )
+    bad = ~((y == 1) | (y == -1))
+    if bool(bad.any()):
+        vals = torch.unique(y).tolist()[:10]
+        raise ValueError(
+            f"{what} labels must be binary, -1 or +1 (got values {vals}); map a two-class "
+            "problem with y = 2 * (label == positive_class) - 1"
+        )
+
+
+def margins(model: MLP, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``y_i * Phi(theta; x_i)``: ``(n,)``. Positive means correctly classified."""
+    return y * model(x)
+
+
+def logistic_loss(model: MLP, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean binary logistic loss ``mean log(1 + exp(-y Phi(x)))``."""
+    return F.softplus(-margins(model, x, y)).mean()
+
+
+def _param_norm2(model: MLP) -> float:
+    return float(sum(p.detach().pow(2).sum() for p in model.parameters()))
+
+
+def _log(model, x, y, x_test, y_test, history, epoch, loss) -> None:
+    with torch.no_grad():
+        marg = margins(model, x, y)
+        norm2 = _param_norm2(model)
+        history["epoch"].append(epoch)
+        history["loss"].append(float(loss))
+        history["train_error"].append(float((marg <= 0).double().mean()))
+        history["min_margin"].append(float(marg.min()))
+        # Normalised margin min_i y_i Phi(x_i) / ||theta||^L: what gradient flow maximises.
+        history["normalized_margin"].append(float(marg.min()) / norm2 ** (model.depth / 2))
+        history["param_norm2"].append(norm2)
+        if x_test is not None:
+            test_margin = margins(model, x_test, y_test)
+            history["test_error"].append(float((test_margin <= 0).double().mean()))
+
+
+def save_checkpoint(
+    path: str | os.PathLike, result: TrainResult, optimizer=None, extra=None
+) -> None:
+    """Write weights, config, history, provenance (and optimizer state) atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "arch": result.model.arch(),
+        "dtype": result.config.dtype,
+        "state_dict": {k: v.detach().cpu() for k, v in result.model.state_dict().items()},
+        "config": result.config.to_dict(),
+        "history": {k: list(v) for k, v in result.history.items()},
+        "epoch": result.epoch,
+        "wall_time": result.wall_time,
+        "provenance": provenance(),
+        "extra": extra or {},
+    }
+    if optimizer is not None:
+        payload["optimizer"] = optimizer.state_dict()
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> tuple[TrainResult, dict]:
+    """Load a checkpoint written by :func:`save_checkpoint`; validate it; rebuild the model.
+
+    Returns ``(result, raw)`` where ``raw`` is the whole dictionary (optimizer state, extra).
+    Raises :class:`CheckpointError` for a missing, corrupt, foreign or inconsistent file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        raw = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # pickle errors, truncated zip files, unsafe globals
+        raise CheckpointError(
+            f"{path} is not a readable recon checkpoint (corrupt, truncated, or it holds "
+            f"objects that weights_only loading refuses): {type(e).__name__}: {e}"
+        ) from e
+    if not isinstance(raw, dict) or raw.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"{path} is not a recon checkpoint (expected format {CHECKPOINT_FORMAT!r}); "
+            "to reconstruct from your own weights build a recon.models.MLP and load_state_dict"
+        )
+    arch = raw.get("arch", {})
+    try:
+        model = MLP(arch["input_shape"], arch["widths"], init_scale=None,
+                    first_bias=arch["first_bias"])
+        model.load_state_dict(raw["state_dict"])
+    except (KeyError, RuntimeError, TypeError, ValueError) as e:
+        raise CheckpointError(
+            f"{path}: weights do not fit the stored architecture {arch}: {e}"
+        ) from e
+    model = model.to(DTYPES.get(raw.get("dtype"), torch.float32))
+    check_supported(model)
+    for name, p in model.named_parameters():
+        if not torch.isfinite(p).all():
+            raise CheckpointError(f"{path}: parameter {name} holds NaN or inf")
+    cfg = raw.get("config", {})
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    config = TrainConfig(**{k: v for k, v in cfg.items() if k in known})
+    result = TrainResult(model, config, {k: list(v) for k, v in raw.get("history", {}).items()},
+                         int(raw.get("epoch", 0)), float(raw.get("wall_time", 0.0)))
+    return result, raw
+
+
+def train(
+    model: MLP,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    config: TrainConfig,
+    *,
+    x_test: torch.Tensor | None = None,
+    y_test: torch.Tensor | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int = 1000,
+    progress: bool = True,
+    start: TrainResult | None = None,
+    optimizer_state: dict | None = None,
+) -> TrainResult:
+    """Full-batch gradient descent on the logistic loss.
+
+    x: ``(n, *input_shape)``, y: ``(n,)`` in {-1, +1}; moved to the model's device and dtype.
+    ``checkpoint``: a file to save to every ``checkpoint_every`` epochs and at the end.
+    ``start``/``optimizer_state``: continue an earlier run (see :func:`train_task`).
+    History (every ``config.log_every`` epochs): loss, train/test error, minimum margin,
+    normalised margin ``min_i y_i Phi(x_i) / ||theta||^L`` and ``||theta||^2``.
+    """
+    check_supported(model)
+    check_binary_data(model, x, y)
+    if x_test is not None:
+        check_binary_data(model, x_test, y_test, "test")
+    p0 = next(model.parameters())
+    dev, dt = p0.device, p0.dtype
+    x, y = x.to(dev, dt), y.to(dev, dt)
+    if x_test is not None:
+        x_test, y_test = x_test.to(dev, dt), y_test.to(dev, dt)
+    # float64 training slows ~10x once activations become denormal; flushing them is harmless.
+    torch.set_flush_denormal(True)
+
+    opt = torch.optim.SGD(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    if optimizer_state:
+        opt.load_state_dict(optimizer_state)
+    keys = ["epoch", "loss", "train_error", "min_margin", "normalized_margin", "param_norm2"]
+    keys += ["test_error"] if x_test is not None else []
+    result = start or TrainResult(model, config, {k: [] for k in keys})
+    result.model, result.config = model, config
+    for k in keys:
+        result.history.setdefault(k, [])
+    t0 = time.perf_counter() - result.wall_time
+
+    bar = tqdm(range(result.epoch, config.epochs), desc="train", disable=not progress,
+               initial=result.epoch, total=config.epochs)
+    for epoch in bar:
+        opt.zero_grad(set_to_none=True)
+        loss = logistic_loss(model, x, y)
+        if epoch % config.log_every == 0:
+            _log(model, x, y, x_test, y_test, result.history, epoch, loss.item())
+            bar.set_postfix(loss=f"{loss.item():.3g}", err=result.history["train_error"][-1])
+        if not math.isfinite(loss.item()):
+            raise FloatingPointError(
+                f"training diverged at epoch {epoch} (loss {loss.item()}); lower the lr"
+            )
+        loss.backward()
+        opt.step()
+        result.epoch = epoch + 1
+        if checkpoint and result.epoch % checkpoint_every == 0:
+            result.wall_time = time.perf_counter() - t0
+            save_checkpoint(checkpoint, result, opt)
+    with torch.no_grad():
+        _log(model, x, y, x_test, y_test, result.history, result.epoch,
+             logistic_loss(model, x, y).item())
+    result.wall_time = time.perf_counter() - t0
+    if checkpoint:
+        save_checkpoint(checkpoint, result, opt)
+    return result
+
+
+def train_task(
+    task,
+    config: TrainConfig,
+    *,
+    checkpoint: str | os.PathLike | None = None,
+    resume: bool = True,
+    device: str | torch.device | None = None,
+    **kw,
+) -> TrainResult:
+    """Build the MLP for a :class:`recon.data.BinaryTask`, train it, return the result.
+
+    With ``checkpoint`` set and ``resume=True``, an existing checkpoint of the same config is
+    continued where it stopped (a finished one is returned as it is). A checkpoint written with
+    a different config raises :class:`CheckpointError` instead of being overwritten.
+    """
+    dtype = DTYPES[config.dtype]
+    if checkpoint and resume and Path(checkpoint).is_file():
+        prev, raw = load_checkpoint(checkpoint)
+        mine = {k: v for k, v in config.to_dict().items() if k != "epochs"}
+        theirs = {k: v for k, v in raw["config"].items() if k != "epochs"}
+        if mine != theirs:
+            raise CheckpointError(
+                f"{checkpoint} was written with a different config ({theirs}); "
+                "pass another path or resume=False to start over"
+            )
+        model = prev.model.to(device or "cpu", dtype)
+        return train(model, task.x_train, task.y_train, config, x_test=task.x_test,
+                     y_test=task.y_test, checkpoint=checkpoint, start=prev,
+                     optimizer_state=raw.get("optimizer"), **kw)
+    torch.manual_seed(config.seed)
+    model = MLP(task.image_shape, config.widths, init_scale=config.init_scale,
+                deep_init_scale=config.deep_init_scale).to(device or "cpu", dtype)
+    return train(model, task.x_train, task.y_train, config, x_test=task.x_test,
+                 y_test=task.y_test, checkpoint=checkpoint, **kw)
