@@ -40,8 +40,8 @@ def provenance(device: str | torch.device | None = None) -> dict:
     return {
         "git_revision": git_revision(),
         "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": numpy.__version__,
+        "torch": str(torch.__version__),
+        "numpy": str(numpy.__version__),
         "platform": platform.platform(),
         "device": dev_name,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

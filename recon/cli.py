@@ -1,0 +1,228 @@
+"""Command line: ``python -m recon train | reconstruct | evaluate``.
+
+Each command reads and writes one run directory::
+
+    RUN/model.pt            trained weights + config + history (recon checkpoint)
+    RUN/reconstruction.pt   candidates, multipliers, loss history (resumable)
+    RUN/evaluation.json     the paper's protocol under both matchings + the baseline
+    RUN/pairs.png           best reconstructions above their matched training images
+    RUN/run.json            the run card: task, configs, metrics, wall times, provenance
+
+Example (about two minutes on two CPU cores)::
+
+    python -m recon train --task mnist --n-per-class 10 --epochs 3000 --lr 0.1 \\
+        --weight-decay 0.02 --run runs/mnist-small
+    python -m recon reconstruct --run runs/mnist-small --steps 1000
+    python -m recon evaluate --run runs/mnist-small
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+__all__ = ["main"]
+
+
+def _read_card(run: Path) -> dict:
+    path = run / "run.json"
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"error: {path} is not valid JSON ({e}); fix or delete it") from e
+
+
+def _write_card(run: Path, card: dict) -> None:
+    from .provenance import provenance
+
+    card["provenance"] = provenance(card.get("device"))
+    tmp = run / "run.json.tmp"
+    tmp.write_text(json.dumps(card, indent=2) + "\n")
+    tmp.replace(run / "run.json")
+
+
+def _task_from_card(card: dict, run: Path):
+    from .data import load_task
+
+    if "task" not in card:
+        raise SystemExit(f"error: {run} has no trained model; run `python -m recon train "
+                         f"--run {run}` first")
+    t = card["task"]
+    return load_task(t["name"], t["n_per_class"], t["n_test_per_class"])
+
+
+def cmd_train(args) -> None:
+    from .data import load_task
+    from .kkt import kkt_diagnostic
+    from .train import TrainConfig, train_task
+
+    run = Path(args.run)
+    run.mkdir(parents=True, exist_ok=True)
+    task = load_task(args.task, args.n_per_class, args.n_test_per_class)
+    config = TrainConfig(
+        widths=tuple(int(w) for w in args.widths.split(",")), init_scale=args.init_scale,
+        lr=args.lr, weight_decay=args.weight_decay, epochs=args.epochs, dtype=args.dtype,
+        seed=args.seed, log_every=args.log_every,
+    )
+    res = train_task(task, config, checkpoint=run / "model.pt", device=args.device,
+                     checkpoint_every=args.checkpoint_every, progress=not args.quiet)
+    diag = kkt_diagnostic(res.model, task.x_train.to(res.model.layers[0].weight),
+                          task.y_train.to(res.model.layers[0].weight))
+    card = _read_card(run)
+    card.update(
+        device=args.device,
+        task={"name": task.name, "n_per_class": args.n_per_class,
+              "n_test_per_class": args.n_test_per_class, "n": task.n, "source": task.source},
+        train={"config": config.to_dict(), "epochs_done": res.epoch, "wall_time_s": res.wall_time,
+               "final": res.final()},
+        kkt={k: v for k, v in diag.to_dict().items() if k not in ("lam", "margin")},
+    )
+    _write_card(run, card)
+    f = res.final()
+    print(f"trained {task.name} n={task.n}: train error {f['train_error']:.3f}, test error "
+          f"{f.get('test_error', float('nan')):.3f}, KKT residual unexplained "
+          f"{diag.unexplained:.2%} ({res.wall_time:.0f} s) -> {run / 'model.pt'}")
+
+
+def cmd_reconstruct(args) -> None:
+    from .reconstruct import ReconConfig, reconstruct
+    from .train import load_checkpoint
+
+    run = Path(args.run)
+    card = _read_card(run)
+    task = _task_from_card(card, run)
+    trained, _ = load_checkpoint(run / "model.pt")
+    base = ReconConfig.paper() if args.preset == "paper" else ReconConfig()
+    overrides = {k: v for k, v in {
+        "n_candidates": args.candidates or 2 * task.n, "steps": args.steps, "lr_x": args.lr_x,
+        "lr_lambda": args.lr_lambda, "init_scale": args.init_scale,
+        "lambda_min": args.lambda_min, "alpha": args.alpha, "optimizer": args.optimizer,
+        "box": args.box, "seed": args.seed, "dtype": args.dtype}.items() if v is not None}
+    config = ReconConfig(**{**base.to_dict(), **overrides})
+    steps = config.steps
+    snaps = tuple(sorted({0, steps // 10, steps // 4, steps // 2, steps}))
+    res = reconstruct(trained.model, config, mean=task.mean, snapshot_steps=snaps,
+                      checkpoint=run / "reconstruction.pt", device=args.device,
+                      checkpoint_every=args.checkpoint_every, progress=not args.quiet)
+    card["reconstruct"] = {"config": config.to_dict(), "steps_done": res.step,
+                           "wall_time_s": res.wall_time, "final": res.final()}
+    card.setdefault("device", args.device)
+    _write_card(run, card)
+    print(f"reconstructed {config.n_candidates} candidates in {res.wall_time:.0f} s; "
+          f"stationarity unexplained {res.final()['stat_rel']:.2%} "
+          f"-> {run / 'reconstruction.pt'}")
+
+
+def cmd_evaluate(args) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from .evaluate import evaluate_both, first_layer_candidates
+    from .plots import plot_pairs, set_style
+    from .reconstruct import load_reconstruction
+    from .train import load_checkpoint
+
+    run = Path(args.run)
+    card = _read_card(run)
+    task = _task_from_card(card, run)
+    if not (run / "reconstruction.pt").is_file():
+        raise SystemExit(f"error: no reconstruction in {run}; run `python -m recon reconstruct "
+                         f"--run {run}` first")
+    rec, _ = load_reconstruction(run / "reconstruction.pt")
+    evs = evaluate_both(rec.x, task.x_train, task.mean)
+    trained, _ = load_checkpoint(run / "model.pt")
+    w = trained.model.layers[0].weight.detach().float()
+    base = evaluate_both(first_layer_candidates(w, task.image_shape,
+                                                max_abs=float(task.x_train.abs().max())),
+                         task.x_train, task.mean)
+    result = {name: ev.to_dict() for name, ev in evs.items()}
+    result["baseline_first_layer"] = {name: {"counts": ev.counts()} for name, ev in base.items()}
+    (run / "evaluation.json").write_text(json.dumps(result, indent=2) + "\n")
+    set_style()
+    for name, fname in (("one_to_one", "pairs.png"), ("paper", "pairs_paper_matching.png")):
+        ev = evs[name]
+        fig = plot_pairs(ev.recon, ev.original, ev.ssim.tolist(), max_pairs=args.max_pairs,
+                         title=f"{task.name}: best reconstructions, {name.replace('_', '-')} "
+                               f"matching")
+        fig.savefig(run / fname)
+    card["evaluate"] = {name: {"counts": r["counts"], "mean_ssim_top10": r["mean_ssim_top10"]}
+                        for name, r in result.items() if name != "baseline_first_layer"}
+    card["evaluate"]["baseline_first_layer"] = result["baseline_first_layer"]
+    _write_card(run, card)
+    for name, ev in evs.items():
+        print(f"{name:>10}: {ev.counts()}")
+    print(f"  baseline: {base['one_to_one'].counts()} (first-layer weight rows, one-to-one)")
+    print(f"figures: {run / 'pairs.png'}, {run / 'pairs_paper_matching.png'}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m recon", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train the paper's MLP on a binary task")
+    t.add_argument("--run", required=True, help="run directory to write")
+    t.add_argument("--task", choices=("mnist", "cifar10"), default="mnist")
+    t.add_argument("--n-per-class", type=int, default=250, help="paper: 250 (n = 500)")
+    t.add_argument("--n-test-per-class", type=int, default=500)
+    t.add_argument("--widths", default="1000,1000", help="hidden widths, comma separated")
+    t.add_argument("--init-scale", type=float, default=1e-4)
+    t.add_argument("--lr", type=float, default=0.01)
+    t.add_argument("--weight-decay", type=float, default=0.0)
+    t.add_argument("--epochs", type=int, default=10_000, help="paper: 1000000")
+    t.add_argument("--dtype", choices=("float32", "float64"), default="float64")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--log-every", type=int, default=100)
+    t.add_argument("--checkpoint-every", type=int, default=1000)
+    t.set_defaults(func=cmd_train)
+
+    r = sub.add_parser("reconstruct", help="reconstruct training images from the weights")
+    r.add_argument("--run", required=True, help="run directory with model.pt")
+    r.add_argument("--preset", choices=("cpu", "paper"), default="cpu",
+                   help="cpu: Adam + valid box (measured to work on a CPU budget); "
+                        "paper: SGD momentum, [-1,1] box, 50000 steps")
+    r.add_argument("--candidates", type=int, help="number of candidates m (default 2n)")
+    r.add_argument("--steps", type=int)
+    r.add_argument("--lr-x", type=float)
+    r.add_argument("--lr-lambda", type=float)
+    r.add_argument("--init-scale", type=float)
+    r.add_argument("--lambda-min", type=float)
+    r.add_argument("--alpha", type=float)
+    r.add_argument("--optimizer", choices=("adam", "sgd"))
+    r.add_argument("--box", choices=("valid", "paper"))
+    r.add_argument("--dtype", choices=("float32", "float64"))
+    r.add_argument("--seed", type=int)
+    r.add_argument("--checkpoint-every", type=int, default=500)
+    r.set_defaults(func=cmd_reconstruct)
+
+    e = sub.add_parser("evaluate", help="match candidates to the training set, SSIM, figures")
+    e.add_argument("--run", required=True)
+    e.add_argument("--max-pairs", type=int, default=40)
+    e.set_defaults(func=cmd_evaluate)
+
+    for s in (t, r):
+        s.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    for s in (t, r, e):
+        s.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .data import DataUnavailableError
+    from .models import UnsupportedModelError
+    from .train import CheckpointError
+
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (DataUnavailableError, CheckpointError, UnsupportedModelError, FileNotFoundError,
+            ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
