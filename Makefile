@@ -1,0 +1,39 @@
+# Everything a fresh machine needs: `make book` and `make test` create .venv on first use.
+# Offline machines: point RECON_DATA_DIR at a directory with mnist.npz / cifar10.npz.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+STAMP   = $(VENV)/.installed
+export RECON_PROFILE ?= quick
+export MPLBACKEND ?= Agg
+
+.PHONY: venv test test-fast lint book clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+lint: venv
+	$(BIN)/ruff check recon tests $(wildcard benchmarks/*.py) $(wildcard book/*.py)
+
+## make test: lint, unit + end-to-end tests, then every chapter executed (quick profile)
+test: lint
+	$(BIN)/python -m pytest tests -q --durations=10
+	@if ls book/*.ipynb >/dev/null 2>&1; then \
+		$(BIN)/python -m pytest --nbmake --nbmake-timeout=1200 -q book/; \
+	else echo "no chapters yet: skipping pytest --nbmake book/"; fi
+
+test-fast: venv
+	$(BIN)/python -m pytest tests -q -m "not slow"
+
+## make book: the executed HTML book in _build/html
+book: venv
+	$(BIN)/jupyter-book build . --warningiserror --keep-going
+
+clean:
+	rm -rf _build .pytest_cache
