@@ -126,7 +126,10 @@ def _param_norm2(model: MLP) -> float:
     return float(sum(p.detach().pow(2).sum() for p in model.parameters()))
 
 
-def _log(model, x, y, x_test, y_test, history, epoch, loss) -> None:
+def _log(model, x, y, x_test, y_test, history, epoch, loss, callback=None) -> None:
+    if callback is not None:
+        for k, v in (callback(epoch, model) or {}).items():
+            history.setdefault(k, []).append(float(v))
     with torch.no_grad():
         marg = margins(model, x, y)
         norm2 = _param_norm2(model)
@@ -223,12 +226,15 @@ def train(
     progress: bool = True,
     start: TrainResult | None = None,
     optimizer_state: dict | None = None,
+    callback=None,
 ) -> TrainResult:
     """Full-batch gradient descent on the logistic loss.
 
     x: ``(n, *input_shape)``, y: ``(n,)`` in {-1, +1}; moved to the model's device and dtype.
     ``checkpoint``: a file to save to every ``checkpoint_every`` epochs and at the end.
     ``start``/``optimizer_state``: continue an earlier run (see :func:`train_task`).
+    ``callback(epoch, model) -> dict``: extra metrics logged into the history with the rest
+    (e.g. the KKT residual of :func:`recon.kkt.kkt_diagnostic`).
     History (every ``config.log_every`` epochs): loss, train/test error, minimum margin,
     normalised margin ``min_i y_i Phi(x_i) / ||theta||^L`` and ``||theta||^2``.
     """
@@ -261,7 +267,7 @@ def train(
         opt.zero_grad(set_to_none=True)
         loss = logistic_loss(model, x, y)
         if epoch % config.log_every == 0:
-            _log(model, x, y, x_test, y_test, result.history, epoch, loss.item())
+            _log(model, x, y, x_test, y_test, result.history, epoch, loss.item(), callback)
             bar.set_postfix(loss=f"{loss.item():.3g}", err=result.history["train_error"][-1])
         if not math.isfinite(loss.item()):
             raise FloatingPointError(
@@ -275,7 +281,7 @@ def train(
             save_checkpoint(checkpoint, result, opt)
     with torch.no_grad():
         _log(model, x, y, x_test, y_test, result.history, result.epoch,
-             logistic_loss(model, x, y).item())
+             logistic_loss(model, x, y).item(), callback)
     result.wall_time = time.perf_counter() - t0
     if checkpoint:
         save_checkpoint(checkpoint, result, opt)

@@ -1,0 +1,174 @@
+"""The book's shared pipeline: one code path, two sizes, every expensive step cached.
+
+``RECON_PROFILE=quick`` (the default) runs on a laptop CPU in minutes, on real images at
+reduced size; ``RECON_PROFILE=full`` uses the paper's settings and is meant for a GPU. The
+chapters call :func:`trained` and :func:`reconstruction`; whichever chapter runs first
+computes a result and the others load it (see :mod:`recon.cache`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import torch
+
+from .cache import cached
+from .data import BinaryTask, load_task
+from .kkt import kkt_diagnostic
+from .models import MLP
+from .reconstruct import ReconConfig, reconstruct
+from .train import TrainConfig, train_task
+
+__all__ = [
+    "PROFILES",
+    "profile_name",
+    "device",
+    "settings",
+    "task",
+    "trained",
+    "reconstruction",
+    "describe",
+]
+
+# Quick: the recipe measured to reach the KKT regime in seconds (weight decay, lr 0.1) and to
+# recover real MNIST digits from random starts (Adam on x, valid-range box; FINDINGS.md).
+# Full: the paper's training recipe and reconstruction optimiser.
+PROFILES: dict[str, dict[str, dict]] = {
+    "quick": {
+        "mnist": {
+            "n_per_class": 25,
+            "train": TrainConfig(lr=0.1, weight_decay=2e-2, epochs=3000, dtype="float32",
+                                 log_every=100),
+            "recon": ReconConfig(steps=2000, log_every=20),
+        },
+        "cifar10": {
+            "n_per_class": 10,
+            "train": TrainConfig(lr=0.1, weight_decay=2e-2, epochs=4000, dtype="float32",
+                                 log_every=100),
+            "recon": ReconConfig(steps=2000, log_every=20),
+        },
+    },
+    "full": {
+        "mnist": {
+            "n_per_class": 250,
+            "train": TrainConfig(lr=0.01, epochs=1_000_000, dtype="float64", log_every=1000),
+            "recon": ReconConfig.paper(),
+        },
+        "cifar10": {
+            "n_per_class": 250,
+            "train": TrainConfig(lr=0.01, epochs=1_000_000, dtype="float64", log_every=1000),
+            "recon": ReconConfig.paper(),
+        },
+    },
+}
+
+
+def profile_name() -> str:
+    """``RECON_PROFILE`` (``quick`` when unset), validated."""
+    name = os.environ.get("RECON_PROFILE", "quick") or "quick"
+    if name not in PROFILES:
+        raise ValueError(f"RECON_PROFILE must be one of {sorted(PROFILES)}, got {name!r}")
+    return name
+
+
+def device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def describe() -> str:
+    """One line for the top of a chapter: profile and device."""
+    dev = device()
+    if dev == "cuda":
+        name = torch.cuda.get_device_name()
+    else:
+        name = f"CPU, {torch.get_num_threads()} threads"
+    return f"profile: {profile_name()} | device: {dev} ({name}) | torch {torch.__version__}"
+
+
+def settings(name: str, profile: str | None = None) -> dict:
+    """The profile's settings for a task: ``n_per_class``, ``train`` and ``recon`` configs."""
+    profile = profile or profile_name()
+    try:
+        return PROFILES[profile][name]
+    except KeyError:
+        raise ValueError(f"no settings for task {name!r} in profile {profile!r}") from None
+
+
+def task(name: str, profile: str | None = None) -> BinaryTask:
+    """The task's data at the profile's size (paper protocol, real images)."""
+    return load_task(name, settings(name, profile)["n_per_class"])
+
+
+def _train_key(name, s, train_cfg, kkt_every):
+    return {"task": name, "n_per_class": s["n_per_class"], "train": train_cfg.to_dict(),
+            "kkt_every": kkt_every}
+
+
+def trained(name: str, profile: str | None = None, *, config: TrainConfig | None = None,
+            kkt_every: int | None = None) -> dict:
+    """Train (or load) the task's model. Returns a dict with ``model`` (an :class:`MLP` in the
+    config's dtype), ``history`` (loss, errors, margins and, every ``kkt_every`` epochs, the
+    KKT residual ``kkt_unexplained``), ``kkt`` (the final diagnostic as a dict) and ``_meta``.
+    ``config`` overrides the profile's training config (e.g. to compare training routes).
+    """
+    s = settings(name, profile)
+    cfg = config or s["train"]
+    kkt_every = kkt_every or max(cfg.log_every, cfg.epochs // 30)
+    data = task(name, profile)
+
+    def compute() -> dict:
+        x, y = data.x_train, data.y_train
+
+        def callback(epoch, model):
+            if epoch % kkt_every == 0 or epoch == cfg.epochs:
+                d = kkt_diagnostic(model, x.to(model.layers[0].weight), y.to(x.device))
+                return {"kkt_unexplained": d.unexplained, "kkt_epoch": epoch}
+            return None
+
+        res = train_task(data, cfg, device=device(), progress=True, callback=callback)
+        model = res.model.cpu()
+        diag = kkt_diagnostic(model, x.to(model.layers[0].weight), y)
+        return {"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                "arch": model.arch(), "history": res.history, "kkt": diag.to_dict(),
+                "wall_time": res.wall_time}
+
+    out = cached("trained", _train_key(name, s, cfg, kkt_every), compute)
+    arch = out["arch"]
+    model = MLP(arch["input_shape"], arch["widths"], init_scale=None,
+                first_bias=arch["first_bias"])
+    model.load_state_dict(out["state_dict"])
+    out["model"] = model.to(getattr(torch, cfg.dtype))
+    return out
+
+
+def reconstruction(name: str, profile: str | None = None, *, config: ReconConfig | None = None,
+                   snapshot_steps: tuple[int, ...] | None = None) -> dict:
+    """Reconstruct (or load) candidates from the profile's trained model.
+
+    Returns a dict with ``x`` ``(m, C, H, W)`` (mean-subtracted), ``lam``, ``y``, ``history``,
+    ``snapshots`` ``{step: x}`` and ``_meta``. ``config`` overrides the profile's (its
+    ``n_candidates`` defaults to ``2n``).
+    """
+    s = settings(name, profile)
+    data = task(name, profile)
+    cfg = config or s["recon"]
+    if config is None:
+        cfg = dataclasses.replace(cfg, n_candidates=2 * data.n)
+    steps = cfg.steps
+    snaps = snapshot_steps or tuple(sorted({0, steps // 20, steps // 5, steps // 2, steps}))
+    net = trained(name, profile)
+
+    def compute() -> dict:
+        res = reconstruct(net["model"], cfg, mean=data.mean, snapshot_steps=snaps,
+                          device=device(), progress=True)
+        return {"x": res.x, "lam": res.lam, "y": res.y, "history": res.history,
+                "snapshots": {str(k): v for k, v in res.snapshots.items()},
+                "wall_time": res.wall_time}
+
+    key = {**_train_key(name, s, s["train"], None), "recon": cfg.to_dict(),
+           "snapshots": list(snaps)}
+    key.pop("kkt_every")
+    out = cached("reconstruction", key, compute)
+    out["snapshots"] = {int(k): v for k, v in out["snapshots"].items()}
+    return out

@@ -1,0 +1,77 @@
+"""Hygiene of the book: paired sources in sync, no outputs committed, every chapter listed
+in the table of contents, and the sections every chapter promises its reader."""
+
+import json
+import re
+from pathlib import Path
+
+import jupytext
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BOOK = ROOT / "book"
+CHAPTERS = sorted(BOOK.glob("[0-9][0-9]_*.py"))
+REQUIRED = {
+    "learning goals": r"^#+ .*learning goals",
+    "runtime line": r"\*\*runtime\*\*",
+    "exercises": r"^#+ .*exercises",
+    "folded solutions": r":class: dropdown",
+    "summary": r"^#+ .*summary",
+    "references": r"^#+ .*references",
+    "profile and device printed": r"describe\(\)",
+}
+
+
+def _toc_files() -> set[str]:
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    files = {toc["root"]}
+    stack = list(toc.get("chapters", [])) + list(toc.get("parts", []))
+    while stack:
+        entry = stack.pop()
+        if "file" in entry:
+            files.add(entry["file"])
+        stack.extend(entry.get("chapters", []) + entry.get("sections", []))
+    return {str(Path(f).with_suffix("")) for f in files}
+
+
+def test_there_are_chapters():
+    assert CHAPTERS, "book/ has no NN_slug.py chapters"
+
+
+@pytest.mark.parametrize("py", CHAPTERS, ids=lambda p: p.name)
+def test_pair_exists_and_is_in_sync(py):
+    ipynb = py.with_suffix(".ipynb")
+    assert ipynb.is_file(), f"{py.name} has no paired notebook; run `jupytext --sync {py}`"
+    a = jupytext.read(py)
+    b = jupytext.read(ipynb)
+    src_a = [(c.cell_type, c.source.strip()) for c in a.cells]
+    src_b = [(c.cell_type, c.source.strip()) for c in b.cells]
+    assert src_a == src_b, f"{py.name} and {ipynb.name} differ; run `jupytext --sync {py}`"
+
+
+@pytest.mark.parametrize("py", CHAPTERS, ids=lambda p: p.name)
+def test_notebook_has_no_outputs(py):
+    nb = json.loads(py.with_suffix(".ipynb").read_text())
+    for cell in nb["cells"]:
+        if cell["cell_type"] == "code":
+            assert not cell.get("outputs"), f"{py.stem}.ipynb carries outputs; clear them"
+            assert cell.get("execution_count") is None
+
+
+@pytest.mark.parametrize("py", CHAPTERS, ids=lambda p: p.name)
+def test_chapter_is_in_the_table_of_contents(py):
+    assert f"book/{py.stem}" in _toc_files(), f"add book/{py.stem}.ipynb to _toc.yml"
+
+
+@pytest.mark.parametrize("py", CHAPTERS, ids=lambda p: p.name)
+def test_chapter_has_the_required_sections(py):
+    text = py.read_text()
+    missing = [name for name, pat in REQUIRED.items()
+               if not re.search(pat, text, flags=re.IGNORECASE | re.MULTILINE)]
+    assert not missing, f"{py.name} lacks: {', '.join(missing)}"
+
+
+def test_toc_lists_only_existing_files():
+    for f in _toc_files():
+        assert any((ROOT / f).with_suffix(s).is_file() for s in (".md", ".ipynb")), f
