@@ -42,7 +42,7 @@ def relu_soft_backward(z: torch.Tensor, alpha: float | None) -> torch.Tensor:
     if alpha is None:
         return F.relu(z)
     smooth = F.softplus(alpha * z) / alpha
-    return F.relu(z).detach() + smooth - smooth.detach()
+    return (smooth - smooth.detach()) + F.relu(z).detach()
 
 
 class MLP(nn.Module):
@@ -174,10 +174,11 @@ class MLP(nn.Module):
                 f"input_shape {tuple(input_shape)} has {model.input_dim} values but the first "
                 f"Linear takes {linears[0].in_features}"
             )
+        model = model.to(linears[0].weight.dtype)  # before loading: no float32 rounding
         model.load_state_dict(
             {f"layers.{i}.{k}": v for i, m in enumerate(linears) for k, v in m.state_dict().items()}
         )
-        return model.to(linears[0].weight.dtype)
+        return model
 
 
 def check_supported(model: nn.Module) -> MLP:

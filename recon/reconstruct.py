@@ -217,11 +217,14 @@ def load_reconstruction(path: str | os.PathLike) -> tuple[ReconResult, dict]:
         raise ValueError(f"{path} is not a readable reconstruction file: {e}") from e
     if not isinstance(raw, dict) or raw.get("format") != RECON_FORMAT:
         raise ValueError(f"{path} is not a recon reconstruction file ({RECON_FORMAT})")
-    res = ReconResult(
-        x=raw["x"], lam=raw["lam"], y=raw["y"], config=ReconConfig(**raw["config"]),
-        history=raw["history"], snapshots={int(k): v for k, v in raw["snapshots"].items()},
-        step=raw["step"], wall_time=raw["wall_time"],
-    )
+    try:
+        res = ReconResult(
+            x=raw["x"], lam=raw["lam"], y=raw["y"], config=ReconConfig(**raw["config"]),
+            history=raw["history"], snapshots={int(k): v for k, v in raw["snapshots"].items()},
+            step=raw["step"], wall_time=raw["wall_time"],
+        )
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"{path} is an incomplete reconstruction file: {e!r}") from e
     return res, raw
 
 
@@ -250,7 +253,8 @@ def reconstruct(
             control); by default ``x ~ N(0, 1) * init_scale``, ``lam ~ U(0, 1)``, balanced y.
         snapshot_steps: steps at which to keep a copy of ``x`` (step 0 is the start).
         checkpoint: file to save the run to every ``checkpoint_every`` steps and at the end;
-            if it exists (same config and same weights) the run resumes from it.
+            if it exists (same config and same weights) the run resumes from it, and
+            ``x_init``/``lam_init``/``y`` are ignored in favour of the saved state.
         device: where to run (default: the model's device).
 
     Returns a :class:`ReconResult` on the CPU. ``history["stat_rel"]`` is the stationarity

@@ -127,6 +127,8 @@ def _param_norm2(model: MLP) -> float:
 
 
 def _log(model, x, y, x_test, y_test, history, epoch, loss, callback=None) -> None:
+    if history.get("epoch") and history["epoch"][-1] == epoch:
+        return  # already logged (a resumed or re-run finished training)
     if callback is not None:
         for k, v in (callback(epoch, model) or {}).items():
             history.setdefault(k, []).append(float(v))
@@ -195,12 +197,13 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> tuple[TrainR
     try:
         model = MLP(arch["input_shape"], arch["widths"], init_scale=None,
                     first_bias=arch["first_bias"])
+        # cast before loading so float64 weights are not rounded through float32
+        model = model.to(DTYPES.get(raw.get("dtype"), torch.float32))
         model.load_state_dict(raw["state_dict"])
     except (KeyError, RuntimeError, TypeError, ValueError) as e:
         raise CheckpointError(
             f"{path}: weights do not fit the stored architecture {arch}: {e}"
         ) from e
-    model = model.to(DTYPES.get(raw.get("dtype"), torch.float32))
     check_supported(model)
     for name, p in model.named_parameters():
         if not torch.isfinite(p).all():

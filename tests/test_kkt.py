@@ -160,10 +160,10 @@ def test_weight_decay_stationary_point_has_predicted_multipliers():
     theta = sum_i sigmoid(-margin_i) / (n wd) * y_i grad Phi_i exactly.
 
     8 points in 8 dimensions (so the n x n Gram matrix is full rank and the multipliers are
-    unique). Measured: unexplained 0 (clipped round-off), max |lam - prediction| / max
-    prediction 5e-6 after 1000 epochs, ~1e-11 after 2000. Some other seeds end with a ReLU
-    kink on a training point where plain GD oscillates and stays 3% off stationarity: the
-    first assertion checks that precondition.
+    unique). Measured after 1500 epochs: gradient norm 1.2e-7, unexplained 1.1e-12,
+    max |lam - prediction| / max prediction 8.9e-9 (predictions 0.026-0.222). Some other seeds
+    end with a ReLU kink on a training point where plain GD stalls (gradient norm ~2e-2,
+    unexplained ~1e-2): the first assertions check the near-stationarity precondition.
     """
     n, wd = 8, 0.05
     x, y = _separable(n, 8, seed=0)
@@ -176,7 +176,7 @@ def test_weight_decay_stationary_point_has_predicted_multipliers():
     objective = logistic_loss(model, x, y) + wd / 2 * sum(p.pow(2).sum()
                                                           for p in model.parameters())
     grads = torch.autograd.grad(objective, list(model.parameters()))
-    assert torch.sqrt(sum(g.pow(2).sum() for g in grads)).item() < 1e-6  # near-stationary
+    assert torch.sqrt(sum(g.pow(2).sum() for g in grads)).item() < 1e-5  # near-stationary
 
     d = kkt_diagnostic(model, x, y)
     with torch.no_grad():
@@ -195,10 +195,10 @@ def test_no_weight_decay_long_training_reaches_margin_kkt_point():
     distance 3-4, other coordinates small noise. Plain GD at a fixed learning rate approaches
     the KKT direction only logarithmically (10^6 epochs in the paper); GD with the step size
     c / loss (normalised GD, the same limit direction; Nacson et al. 2019) gets there in ~500
-    steps, until the loss nears float64 underflow. Measured for this seed: unexplained 6.5e-6,
-    near samples lam / max lam >= 0.52 with margin ratio <= 1.014, far samples
-    lam / max lam <= 0.009 with margin ratio >= 1.84 (seeds 0-4: unexplained <= 1.2e-4, far
-    lam / max lam <= 0.035, near ratio <= 1.015).
+    steps, until the loss nears float64 underflow. Measured for this seed (548 steps):
+    unexplained 6.5e-6, near samples lam / max lam >= 0.52 with margin ratio <= 1.019, far
+    samples lam / max lam <= 0.009 with margin ratio >= 1.86 (seeds 0-4: unexplained
+    <= 1.2e-4, far lam / max lam <= 0.035, near ratio <= 1.02).
     """
     n, dim, n_near = 12, 16, 4
     g = torch.Generator().manual_seed(0)

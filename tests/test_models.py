@@ -145,11 +145,6 @@ def test_relu_soft_backward_forward_is_relu(dtype, alpha):
                          <= bound)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="relu_soft_backward computes (relu + s) - s, which rounds: its forward is within "
-    "1 ulp of relu, not bit-exact as documented (models.py line 45)",
-)
 def test_relu_soft_backward_forward_is_bit_exact():
     torch.manual_seed(0)
     z = torch.randn(10_000) * 3
@@ -211,11 +206,6 @@ def test_from_sequential_float32_identical_outputs():
     assert torch.equal(model.layers[1].weight, seq[3].weight)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="MLP.from_sequential loads float64 weights into a float32 MLP before casting "
-    "(models.py lines 166-180): the weights are rounded to float32",
-)
 def test_from_sequential_keeps_float64_weights():
     seq = _sequential().double()
     _randomize(seq)  # float64 values that float32 cannot represent
@@ -242,7 +232,8 @@ def test_from_sequential_without_flatten_and_without_bias():
         (_sequential(act=nn.Tanh), ["Tanh", "ReLU"]),
         (nn.Sequential(nn.Conv2d(3, 2, 2), nn.ReLU(), nn.Flatten(), nn.Linear(2, 1, bias=False)),
          ["Conv2d", "Linear"]),
-        (nn.Sequential(nn.Linear(12, 4), nn.ReLU()), ["expected", "got Linear, ReLU"]),  # ends in an activation
+        # ends in an activation
+        (nn.Sequential(nn.Linear(12, 4), nn.ReLU()), ["expected", "got Linear, ReLU"]),
     ],
     ids=["hidden-bias", "two-outputs", "tanh", "conv", "trailing-relu"],
 )
