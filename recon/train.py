@@ -250,7 +250,8 @@ def train(
     x, y = x.to(dev, dt), y.to(dev, dt)
     if x_test is not None:
         x_test, y_test = x_test.to(dev, dt), y_test.to(dev, dt)
-    # float64 training slows ~10x once activations become denormal; flushing them is harmless.
+    # float64 training slows ~10x once activations become denormal; flushing them to zero is
+    # harmless here. Note: this is a process-wide PyTorch setting and stays on afterwards.
     torch.set_flush_denormal(True)
 
     opt = torch.optim.SGD(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -267,7 +268,6 @@ def train(
     bar = tqdm(range(result.epoch, config.epochs), desc="train", disable=not progress,
                initial=result.epoch, total=config.epochs)
     for epoch in bar:
-        opt.zero_grad(set_to_none=True)
         loss = logistic_loss(model, x, y)
         if epoch % config.log_every == 0:
             _log(model, x, y, x_test, y_test, result.history, epoch, loss.item(), callback)
@@ -278,6 +278,7 @@ def train(
             )
         loss.backward()
         opt.step()
+        opt.zero_grad(set_to_none=True)
         result.epoch = epoch + 1
         if checkpoint and result.epoch % checkpoint_every == 0:
             result.wall_time = time.perf_counter() - t0
