@@ -6,7 +6,6 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 export RECON_PROFILE ?= quick
-export MPLBACKEND ?= Agg
 
 .PHONY: venv test test-fast lint book clean
 

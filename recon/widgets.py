@@ -289,14 +289,20 @@ def plot_pair_cards(
         ax.set_axis_off()
     for ax, it in zip(axes.flat, items):
         img = it.image[..., 0] if it.image.shape[2] == 1 else it.image
+        ax.set_axis_on()
         ax.imshow(img, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.grid(False)
+        for spine in ax.spines.values():
+            spine.set_visible(False)
         head = f"#{it.train_index}" + (f" {it.class_name}" if it.class_name is not None else "")
         ax.set_title(head, fontsize=8, pad=2)
         color = "black"
         if good_ssim is not None:
             color = "tab:green" if it.ssim > good_ssim else "tab:red"
-        ax.text(0.5, -0.03, it.caption(lines), transform=ax.transAxes, ha="center", va="top",
-                fontsize=6.5, color=color)
+        # the caption as x label, so that tight_layout makes room for it
+        ax.set_xlabel(it.caption(lines), fontsize=6.5, color=color, labelpad=2)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
