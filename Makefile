@@ -7,7 +7,7 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 export RECON_PROFILE ?= quick
 
-.PHONY: venv test test-fast lint book clean
+.PHONY: venv test test-fast test-browser lint book clean
 
 venv: $(STAMP)
 
@@ -20,15 +20,22 @@ $(STAMP): requirements.txt pyproject.toml
 lint: venv
 	$(BIN)/ruff check recon tests $(wildcard benchmarks/*.py) $(wildcard book/*.py)
 
-## make test: lint, unit + end-to-end tests, then every chapter executed (quick profile)
+## make test: lint, unit + end-to-end tests, every chapter executed (quick profile), then the
+## HTML book built and its explorer checked in a browser (test-browser)
 test: lint
-	$(BIN)/python -m pytest tests -q --durations=10
+	$(BIN)/python -m pytest tests -q --durations=10 -m "not browser"
 	@if ls book/*.ipynb >/dev/null 2>&1; then \
 		$(BIN)/python -m pytest --nbmake --nbmake-timeout=1200 -q book/; \
 	else echo "no chapters yet: skipping pytest --nbmake book/"; fi
+	$(MAKE) test-browser
 
 test-fast: venv
-	$(BIN)/python -m pytest tests -q -m "not slow"
+	$(BIN)/python -m pytest tests -q -m "not slow and not browser"
+
+## make test-browser: the built book's explorer page in headless Chromium (Debian's chromium,
+## driven by Playwright), as a reader without a kernel gets it; screenshots in _build/browser/
+test-browser: book
+	$(BIN)/python -m pytest tests/test_browser.py -q -m browser
 
 ## make book: the executed HTML book in _build/html
 book: venv

@@ -23,10 +23,11 @@
 # the reader the pictures behind the counts. Every matched pair of the book's MNIST and
 # CIFAR-10 runs becomes an *item*: the reconstruction above its training image, with the
 # pair's SSIM and correlation, and the training image's KKT multiplier $\lambda_i$ and margin.
-# We first draw items as a static figure, then browse all of them in an interactive explorer
-# built with ipywidgets (`recon.widgets.explore_pairs`), filtered by class and SSIM threshold
-# and sorted by any of the numbers. The items are computed separately from the widget, so
-# the same data can later feed a page that needs no Python kernel.
+# We first draw items as a static figure, then browse them in an explorer that works in this
+# web page without any Python behind it (the items written into the page, a few lines of
+# JavaScript), and finally in an ipywidgets explorer (`recon.widgets.explore_pairs`) that a
+# running kernel drives in Jupyter or on Colab. Both filter by class and SSIM threshold and
+# sort by any of the numbers; both show the same precomputed items.
 
 # %% [markdown]
 # ## Learning goals
@@ -37,7 +38,7 @@
 # - Browse every pair with `explore_pairs`: filter by class and SSIM, sort by multiplier or
 #   margin, and check the chapter-4 counts by eye.
 # - Explain why the explorer separates data (items) from wiring (widgets), and what that buys
-#   for a static web page.
+#   for a static web page: an explorer that works with no kernel, and what it cannot do.
 #
 # **Runtime**: quick profile ~1 min on 2 CPU cores once chapter 3's runs are cached (about
 # 6 min more if this chapter has to train and reconstruct them itself); full profile ~2 min on
@@ -67,10 +68,12 @@ print(pipeline.describe())
 import json
 
 import matplotlib.pyplot as plt
+from IPython.display import HTML
 from myst_nb import glue
 
 from recon.data import CLASS_NAMES
 from recon.evaluate import evaluate_both
+from recon.html_explorer import MAX_ITEMS, explorer_html
 from recon.widgets import explore_pairs, filter_items, pair_items, plot_pair_cards
 
 if "google.colab" in sys.modules:  # let Colab render ipywidgets 8
@@ -170,7 +173,7 @@ for name in TASKS:
 # functions with no widget in sight, and `PairItem.to_dict()` turns an item into JSON (the
 # PNG as base64 text). The widget only looks items up. So the same items can be written into
 # a web page once, at build time, and filtered there by a few lines of JavaScript, without
-# a Python kernel behind the page.
+# a Python kernel behind the page (Section 3).
 
 # %%
 blob = json.dumps([it.to_dict() for it in runs["mnist"]["items"]])
@@ -184,19 +187,65 @@ print({k: (v[:40] + "..." if k == "png_base64" else v) for k, v in first.items()
 # included.
 
 # %% [markdown]
-# ## 3. The explorer
+# ## 3. An explorer that needs no kernel
+#
+# The web version of this book is static: no Python runs behind the page, so nothing can
+# call `filter_items` when a reader moves a slider. The usual remedy for ipywidgets is to
+# save the widgets' state into the notebook when the book is built and to link widgets in the
+# browser (`jslink`, say a slider to the selected page of a `Stack`); a JavaScript widget
+# manager, fetched with its loader from a CDN, then draws them. That is three moving parts
+# for a result that is blank whenever the CDN cannot be reached, and links only copy values:
+# filtering and sorting would need code in the page anyway.
+#
+# So the page gets that code directly. `recon.html_explorer.explorer_html` writes the items of
+# each run into one HTML fragment: the numbers as JSON and the pair images as base64 PNGs at
+# their native size (the browser enlarges them with square pixels), bounded to the best
+# `MAX_ITEMS` pairs of a run by SSIM, plus about a hundred lines of plain JavaScript that
+# filter, sort and step through them. The fragment loads nothing, so it works the same in
+# this page, in Jupyter, on Colab and offline. A test (`tests/test_browser.py`) opens the
+# built page in headless Chromium with the network cut off, moves the slider and the
+# dropdowns, and checks that the image and the numbers change.
+
+# %%
+page = explorer_html(
+    {PRETTY[name]: runs[name]["items"] for name in TASKS},
+    max_items=MAX_ITEMS, good_ssim=GOOD, element_id="pair-explorer",
+    title="Reconstructions next to their training images (one-to-one matching)")
+n_embedded = sum(min(len(runs[name]["items"]), MAX_ITEMS) for name in TASKS)
+glue("explorer_kb", len(page.encode()) / 1024, display=False)
+glue("explorer_n", n_embedded, display=False)
+glue("explorer_max", MAX_ITEMS, display=False)
+HTML(page)
+
+# %% [markdown]
+# Choose the data set, a class, a minimum SSIM and a sort order; step with the slider, the
+# buttons or the arrow keys. The page holds {glue:text}`explorer_n` pairs (at most
+# {glue:text}`explorer_max` per run) in {glue:text}`explorer_kb:.0f` kB, images included.
+#
+# What does *not* work without a kernel: anything that needs new numbers. The page cannot
+# switch to another evaluation (the paper's matching, the first-layer baseline), show more
+# than the embedded pairs, or compute anything about the pair on screen; in Jupyter (where
+# the notebook must be trusted for the script to run) these are one line of Python away.
+#
+# **What to notice.** Set "SSIM above" to 0.4 and the count is chapter 4's; sort by margin
+# and the pairs nearest the decision boundary come first. Browse them and check the paper's
+# claim that samples on the margin are the ones that come back.
+
+# %% [markdown]
+# ## 4. The kernel explorer
 #
 # `explore_pairs(evaluation, lam, margin, labels, class_names)` builds the browser: choose a
 # class, a minimum SSIM and a sort order; step through the pairs that pass with the slider or
 # the buttons; the panel on the right shows the numbers of the pair on screen. It runs in
-# Jupyter and on Colab, where the callbacks execute in the kernel.
+# Jupyter and on Colab, where the callbacks execute in the kernel, so it takes any evaluation
+# and all of its pairs.
 #
 # ```{note}
-# In the HTML version of this book the explorer below is a **static snapshot**: it shows the
-# state it had when the book was built, and moving its controls does nothing, because no
-# Python kernel is running behind the page. To use it, open this chapter in Jupyter or on
-# Colab (the launch buttons at the top of the page) and run it; the figures of Section 1 show
-# the same items statically.
+# In the HTML version of this book the explorers of this section and the next are **static
+# snapshots**: each shows the pair it had on screen when the book was built, and has no
+# controls, because no Python kernel runs behind the page. To use them, open this chapter in
+# Jupyter or on Colab (the launch buttons at the top of the page) and run it; the explorer of
+# Section 3 works in this page.
 # ```
 
 # %%
@@ -216,7 +265,7 @@ explore_pairs(cifar["ev"]["one_to_one"], cifar["lam"], cifar["margin"],
               title="CIFAR-10, one-to-one matching")
 
 # %% [markdown]
-# ## 4. Driving the explorer from code
+# ## 5. Driving the explorer from code
 #
 # The controls are ordinary widget attributes, so a script (or a test) can set them and read
 # what the explorer shows. Setting the SSIM threshold to the paper's 0.4 must leave exactly as
@@ -264,9 +313,10 @@ driven
 # 2. Explore the first-layer-weights baseline of chapter 4 for CIFAR-10
 #    (`first_layer_candidates` on `pipeline.trained("cifar10")["model"].layers[0].weight`). Which
 #    training images does it show, and are they the ones with the largest multipliers?
-# 3. Write the MNIST items to a self-contained HTML file: one `<img>` per item (a data URI
-#    from `png_base64`) with its numbers underneath, best SSIM first. Open it in a browser
-#    without Jupyter.
+# 3. Write a kernel-free explorer of CIFAR-10 under *both* matchings to a standalone file
+#    (`recon.html_explorer.write_explorer_page`) and open it in a browser with the network
+#    switched off. How does the page let a reader compare the two matchings, although it
+#    cannot evaluate anything itself?
 # 4. The reconstruction has multipliers of its own, `pipeline.reconstruction(name)["lam"]`, one
 #    per candidate. Compare the multiplier of each matched candidate with the true
 #    $\lambda_i$ of its training image (rank correlation). Mind the conventions: the
@@ -321,20 +371,19 @@ driven
 # :class: dropdown
 #
 # ```python
-# cards = []
-# for it in filter_items(runs["mnist"]["items"], sort_by="ssim"):
-#     d = it.to_dict()
-#     cards.append(
-#         f'<figure style="display:inline-block;margin:4px">'
-#         f'<img src="data:image/png;base64,{d["png_base64"]}" width="84">'
-#         f'<figcaption style="font:11px sans-serif">#{d["train_index"]} '
-#         f'SSIM {d["ssim"]:.2f}<br>NCC {d["ncc"]:.2f} λ {d["lam"]:.3g}</figcaption></figure>')
-# with open("mnist_pairs.html", "w") as fh:
-#     fh.write("<!doctype html><meta charset='utf-8'><body>" + "".join(cards) + "</body>")
+# from recon.html_explorer import write_explorer_page
+# c = runs["cifar10"]
+# args = (c["lam"], c["margin"], c["task"].labels_train, CLASS_NAMES["cifar10"])
+# write_explorer_page("cifar10_pairs.html", {
+#     "one-to-one": pair_items(c["ev"]["one_to_one"], *args),
+#     "paper matching": pair_items(c["ev"]["paper"], *args),
+# }, title="CIFAR-10: two matchings")
 # ```
 #
-# Filtering in the page is then a matter of hiding `<figure>` elements whose data attributes
-# fail a threshold: the items already hold every number.
+# Both evaluations are computed in Python and written into the page as two runs; the page's
+# "data set" selector switches between them. The page only ever shows what was computed
+# before it was written: a third matching, or a new threshold for the matching itself, needs
+# Python again.
 # :::
 
 # %% [markdown]
@@ -362,10 +411,13 @@ driven
 #
 # - An item is one matched pair with everything needed to judge it: the picture, SSIM, NCC,
 #   the training image's multiplier and margin.
-# - `plot_pair_cards` draws items statically; `explore_pairs` browses them with class and
-#   SSIM filters and four sort orders, in Jupyter and on Colab.
-# - The items are computed apart from the widgets and serialise to JSON, so a kernel-free
-#   page can show the same data.
+# - `plot_pair_cards` draws items statically; `explorer_html` writes the best of them into a
+#   self-contained page fragment (JSON, PNGs, plain JavaScript) that browses them with class
+#   and SSIM filters and four sort orders without a kernel, in the HTML book, Jupyter and
+#   Colab; `explore_pairs` does the same with ipywidgets, driven by a kernel, over any
+#   evaluation.
+# - The items are computed apart from the widgets and serialise to JSON: that separation is
+#   what lets a static page work. What it cannot do is compute anything new.
 # - Browsing confirms chapter 4: large-multiplier images are the likely ones to come back,
 #   and the SSIM threshold misjudges some MNIST digits that the eye accepts.
 

@@ -12,7 +12,11 @@ Three layers, so that a kernel-free (static HTML) version needs only the first:
    :meth:`PairItem.caption`.
 3. :func:`explore_pairs` wraps the same items and captions in ipywidgets (class filter, SSIM
    threshold, sort order, a slider over the pairs that pass). Callbacks run in the kernel
-   (Jupyter, Colab); a built HTML page shows the widget's state at execution time.
+   (Jupyter, Colab); a renderer without a widget manager (the HTML book) shows
+   :meth:`PairExplorer.snapshot_html` instead, a static, labelled snapshot.
+
+The explorer that works without a kernel, in the built HTML book, is
+:mod:`recon.html_explorer`: the same items as JSON inside one self-contained HTML fragment.
 """
 
 from __future__ import annotations
@@ -388,6 +392,7 @@ class PairExplorer:
         self.next_button.on_click(lambda _: self.step(+1))
 
         head = [w.HTML(f"<b>{title}</b>")] if title else []
+        self._head = head
         caption = w.HTML("<small>top: reconstruction (min-max scaled); bottom: training "
                          "image</small>")
         self.widget = w.VBox([
@@ -442,10 +447,32 @@ class PairExplorer:
         if self.shown:
             self.index.value = min(max(self.index.value + delta, 0), len(self.shown) - 1)
 
-    def _ipython_display_(self):
-        from IPython.display import display
+    def snapshot_html(self) -> str:
+        """The explorer's current state as static HTML (status, pair image, numbers), marked
+        as a snapshot: what a page without a kernel shows in place of the widget."""
+        note = ("<small><i>Snapshot of a kernel widget: its controls need a running Python "
+                "kernel (Jupyter, Colab).</i></small>")
+        if self.current is None:
+            body = self.info.value
+        else:
+            h, wd = self.current.image.shape[:2]
+            scale = max(1, round(200 / h))
+            b64 = base64.b64encode(png_bytes(self.current.image, 1)).decode("ascii")
+            img = (f'<img src="data:image/png;base64,{b64}" alt="reconstruction above '
+                   f'training image #{self.current.train_index}" style="width:{wd * scale}px;'
+                   f'height:{h * scale}px;image-rendering:pixelated;background:#fff">')
+            body = (f'<div style="display:flex;gap:1.2em;align-items:flex-start">{img}'
+                    f"{self.info.value}</div>")
+        head = "".join(f"<div>{c.value}</div>" for c in self._head)
+        return (f'<div class="recon-widget-snapshot">{head}<div>{self.status.value}</div>'
+                f"{body}{note}</div>")
 
-        display(self.widget)
+    def _repr_mimebundle_(self, **kwargs):
+        """The widget for Jupyter and Colab, plus :meth:`snapshot_html` as ``text/html`` for
+        renderers without a widget manager (the HTML book shows that)."""
+        bundle = self.widget._repr_mimebundle_(**kwargs)
+        bundle["text/html"] = self.snapshot_html()
+        return bundle
 
 
 def explore_pairs(
