@@ -106,15 +106,18 @@ def _train_key(name, s, train_cfg, kkt_every):
 
 
 def trained(name: str, profile: str | None = None, *, config: TrainConfig | None = None,
-            kkt_every: int | None = None) -> dict:
+            kkt_every: int | None = None, progress: bool = False) -> dict:
     """Train (or load) the task's model. Returns a dict with ``model`` (an :class:`MLP` in the
     config's dtype), ``history`` (loss, errors, margins and, every ``kkt_every`` epochs, the
     KKT residual ``kkt_unexplained``), ``kkt`` (the final diagnostic as a dict) and ``_meta``.
     ``config`` overrides the profile's training config (e.g. to compare training routes).
+    ``kkt_every`` is rounded to a multiple of the config's ``log_every`` (the diagnostic runs
+    at logged epochs). ``progress`` shows a progress bar while computing.
     """
     s = settings(name, profile)
     cfg = config or s["train"]
-    kkt_every = kkt_every or max(cfg.log_every, cfg.epochs // 30)
+    kkt_every = kkt_every or cfg.epochs // 30
+    kkt_every = max(cfg.log_every, kkt_every // cfg.log_every * cfg.log_every)
     data = task(name, profile)
 
     def compute() -> dict:
@@ -126,7 +129,7 @@ def trained(name: str, profile: str | None = None, *, config: TrainConfig | None
                 return {"kkt_unexplained": d.unexplained, "kkt_epoch": epoch}
             return None
 
-        res = train_task(data, cfg, device=device(), progress=True, callback=callback)
+        res = train_task(data, cfg, device=device(), progress=progress, callback=callback)
         model = res.model.cpu()
         diag = kkt_diagnostic(model, x.to(model.layers[0].weight), y)
         return {"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
@@ -143,7 +146,8 @@ def trained(name: str, profile: str | None = None, *, config: TrainConfig | None
 
 
 def reconstruction(name: str, profile: str | None = None, *, config: ReconConfig | None = None,
-                   snapshot_steps: tuple[int, ...] | None = None) -> dict:
+                   snapshot_steps: tuple[int, ...] | None = None,
+                   progress: bool = False) -> dict:
     """Reconstruct (or load) candidates from the profile's trained model.
 
     Returns a dict with ``x`` ``(m, C, H, W)`` (mean-subtracted), ``lam``, ``y``, ``history``,
@@ -161,7 +165,7 @@ def reconstruction(name: str, profile: str | None = None, *, config: ReconConfig
 
     def compute() -> dict:
         res = reconstruct(net["model"], cfg, mean=data.mean, snapshot_steps=snaps,
-                          device=device(), progress=True)
+                          device=device(), progress=progress)
         return {"x": res.x, "lam": res.lam, "y": res.y, "history": res.history,
                 "snapshots": {str(k): v for k, v in res.snapshots.items()},
                 "wall_time": res.wall_time}
