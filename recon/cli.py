@@ -1,4 +1,4 @@
-"""Command line: ``python -m recon train | reconstruct | evaluate``.
+"""Command line: ``python -m recon train | reconstruct | evaluate | sweep``.
 
 Each command reads and writes one run directory::
 
@@ -7,6 +7,7 @@ Each command reads and writes one run directory::
     RUN/evaluation.json     the paper's protocol under both matchings + the baseline
     RUN/pairs.png           best reconstructions above their matched training images
     RUN/run.json            the run card: task, configs, metrics, wall times, provenance
+    RUN/sweep/              `sweep`: optuna.db (the study), STUDY/trial-*.pt, STUDY/pool.json
 
 Example (about two minutes on two CPU cores)::
 
@@ -14,12 +15,18 @@ Example (about two minutes on two CPU cores)::
         --weight-decay 0.02 --run runs/mnist-small
     python -m recon reconstruct --run runs/mnist-small --steps 1000
     python -m recon evaluate --run runs/mnist-small
+
+Hyperparameter sweep (an Optuna study; every process running the same command joins it; with
+``--storage postgresql://user:pass@host/db`` processes on many machines do)::
+
+    python -m recon sweep --run runs/mnist-small --trials 16 --steps 1000
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -161,6 +168,65 @@ def cmd_evaluate(args) -> None:
     print(f"figures: {run / 'pairs.png'}, {run / 'pairs_paper_matching.png'}")
 
 
+def cmd_sweep(args) -> None:
+    import fcntl
+
+    from .reconstruct import ReconConfig
+    from .sweep import pool_trials, run_study, search_space
+
+    run = Path(args.run)
+    card = _read_card(run)
+    task = _task_from_card(card, run)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    base = ReconConfig.paper() if args.preset == "paper" else ReconConfig()
+    overrides = {k: v for k, v in {
+        "n_candidates": args.candidates or 2 * task.n, "steps": args.steps,
+        "lr_lambda": args.lr_lambda, "optimizer": args.optimizer, "box": args.box,
+        "seed": args.seed, "dtype": args.dtype}.items() if v is not None}
+    base = ReconConfig(**{**base.to_dict(), **overrides})
+    storage = args.storage or os.environ.get("RECON_SWEEP_STORAGE") or None
+    try:
+        summary = run_study(
+            run, args.trials, base=base, objective=args.objective,
+            space=search_space(args.space), storage=storage, study_name=args.study_name,
+            pruner=args.pruner, report_every=args.report_every, sampler=args.sampler,
+            sampler_seed=args.sampler_seed, timeout=args.timeout, wait=not args.no_wait,
+            heartbeat_interval=args.heartbeat or None, grace_period=args.grace,
+            device=args.device, progress=not args.quiet)
+    except KeyboardInterrupt:
+        print("interrupted: the running trial is marked failed, finished trials are kept; "
+              "run the same command again to resume", file=sys.stderr)
+        raise SystemExit(130) from None
+    pool = None
+    if args.pool_top > 0 and summary.get("best"):
+        res = pool_trials(run, args.pool_top, study_name=summary["study_name"],
+                          storage=storage, task=task)
+        pool = {"trials": res.trials, "missing": res.missing, **res.counts(),
+                "file": str(run / "sweep" / summary["study_name"] / "pool.json")}
+        summary["pool"] = pool
+    with open(run / "sweep" / ".run.json.lock", "w") as fh:  # several workers may finish at once
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        card = _read_card(run)
+        card.setdefault("sweep", {})[summary["study_name"]] = summary
+        _write_card(run, card)
+    st = summary["states"]
+    print(f"study {summary['study_name']}: {st.get('COMPLETE', 0)} complete, "
+          f"{st.get('PRUNED', 0)} pruned ({summary['n_diverged']} diverged), "
+          f"{st.get('FAIL', 0)} failed, {st.get('RUNNING', 0)} running")
+    if summary.get("best"):
+        b = summary["best"]
+        print(f"best trial {b['number']}: {args.objective} {b['value']:.4g}, params "
+              + ", ".join(f"{k}={v:.3g}" for k, v in b["params"].items()))
+    if pool:
+        for who in ("best_trial", "pool"):
+            c = pool[who]
+            print(f"{who:>10}: SSIM>0.4 {c['paper']['ssim>0.4']} (paper matching), "
+                  f"{c['one_to_one']['ssim>0.4']} (one-to-one); NCC>0.9 "
+                  f"{c['one_to_one']['ncc>0.9']} (one-to-one)")
+        print(f"pool of trials {pool['trials']} -> {pool['file']}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m recon", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -206,9 +272,59 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--max-pairs", type=int, default=40)
     e.set_defaults(func=cmd_evaluate)
 
-    for s in (t, r):
+    w = sub.add_parser(
+        "sweep", help="hyperparameter sweep of the reconstruction (Optuna), pooled candidates",
+        description="Run, join or resume the Optuna study of RUN's model until it holds "
+                    "--trials finished trials, then pool the best trials' candidates. Several "
+                    "processes running the same command share the study: by default through "
+                    "RUN/sweep/optuna.db (one machine), with --storage postgresql://... across "
+                    "machines (each with a copy of RUN/model.pt and RUN/run.json).")
+    w.add_argument("--run", required=True, help="run directory with model.pt")
+    w.add_argument("--trials", type=int, required=True,
+                   help="finished trials the study should hold, over all workers (0: only "
+                        "summarise and pool)")
+    w.add_argument("--storage", help="database URL shared by workers, e.g. "
+                                     "postgresql://user:pass@host/db (default: "
+                                     "$RECON_SWEEP_STORAGE, else the sqlite file "
+                                     "RUN/sweep/optuna.db)")
+    w.add_argument("--study-name", help="default: <task>-n<n>-<weights hash>-<objective>")
+    w.add_argument("--objective", choices=("paper", "kkt", "agreement"), default="paper",
+                   help="paper: mean of the 10 best one-to-one distances to the training set "
+                        "(an oracle); kkt: stationarity residual with the exact ReLU; "
+                        "agreement: two seeds' candidates against each other (no data)")
+    w.add_argument("--space", choices=("paper", "cpu"), default="paper",
+                   help="paper: the paper's ranges; cpu: narrower, around the Adam recipe")
+    w.add_argument("--preset", choices=("cpu", "paper"), default="cpu",
+                   help="fixed settings of every trial, as in `reconstruct`")
+    w.add_argument("--steps", type=int)
+    w.add_argument("--candidates", type=int, help="number of candidates m (default 2n)")
+    w.add_argument("--lr-lambda", type=float)
+    w.add_argument("--optimizer", choices=("adam", "sgd"))
+    w.add_argument("--box", choices=("valid", "paper"))
+    w.add_argument("--dtype", choices=("float32", "float64"))
+    w.add_argument("--seed", type=int, help="trial t uses seed + t")
+    w.add_argument("--pruner", choices=("median", "hyperband", "none"), default="median")
+    w.add_argument("--report-every", type=int, help="steps between intermediate values "
+                                                    "(default steps/10)")
+    w.add_argument("--sampler", choices=("tpe", "random"), default="tpe",
+                   help="random: the paper's random search")
+    w.add_argument("--sampler-seed", type=int)
+    w.add_argument("--pool-top", type=int, default=5,
+                   help="pool the candidates of the best K trials (0: no pooling)")
+    w.add_argument("--timeout", type=float, help="seconds after which this worker starts no "
+                                                 "new trial")
+    w.add_argument("--no-wait", action="store_true",
+                   help="return when the remaining trials run elsewhere, do not wait for them")
+    w.add_argument("--heartbeat", type=int, default=10,
+                   help="seconds between heartbeats (0: none)")
+    w.add_argument("--grace", type=int, default=40,
+                   help="a trial without heartbeat for this long is failed and run again")
+    w.add_argument("--threads", type=int, help="torch CPU threads of this worker")
+    w.set_defaults(func=cmd_sweep)
+
+    for s in (t, r, w):
         s.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    for s in (t, r, e):
+    for s in (t, r, e, w):
         s.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
