@@ -25,7 +25,7 @@ lint: venv
 test: lint
 	$(BIN)/python -m pytest tests -q --durations=10 -m "not browser"
 	@if ls book/*.ipynb >/dev/null 2>&1; then \
-		$(BIN)/python -m pytest --nbmake --nbmake-timeout=1200 -q book/; \
+		$(BIN)/python -m pytest --nbmake --nbmake-timeout=1200 -q --durations=0 book/; \
 	else echo "no chapters yet: skipping pytest --nbmake book/"; fi
 	$(MAKE) test-browser
 
