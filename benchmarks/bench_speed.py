@@ -49,6 +49,18 @@ def _peak(device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _rate(fn, count, device) -> float:
+    """Calls of ``fn`` per second over ``count`` calls, after two warm-up calls."""
+    fn()
+    fn()
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(count):
+        fn()
+    _sync(device)
+    return count / (time.perf_counter() - t0)
+
+
 def _data(task, n, dtype, device):
     import torch
 
@@ -94,14 +106,7 @@ def train_reference(task, n, epochs, dtype, device):
         lossf(model(x).squeeze(1), target).backward()
         opt.step()
 
-    epoch()
-    epoch()
-    _sync(device)
-    t0 = time.perf_counter()
-    for _ in range(epochs):
-        epoch()
-    _sync(device)
-    return epochs / (time.perf_counter() - t0)
+    return _rate(epoch, epochs, device)
 
 
 def recon_ours(task, m, steps, dtype, device):
@@ -177,14 +182,7 @@ def recon_reference(task, m, steps, dtype, device):
         opt_x.step()
         opt_l.step()
 
-    step()
-    step()
-    _sync(device)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    _sync(device)
-    return steps / (time.perf_counter() - t0)
+    return _rate(step, steps, device)
 
 
 CASES = {"train_ours": train_ours, "train_reference": train_reference,

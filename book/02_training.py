@@ -75,7 +75,7 @@ from myst_nb import glue
 
 from recon.data import BINARY_CLASS_NAMES, CLASS_NAMES, binary_labels, load_raw
 from recon.models import MLP
-from recon.plots import to_display
+from recon.plots import show_image, to_display
 from recon.train import TrainConfig
 
 PROFILE = pipeline.profile_name()
@@ -164,8 +164,7 @@ def show_labelled(task, idx, ncols, title, ax_scale=0.95):
     for ax in axes.flat:
         ax.set_axis_off()
     for ax, i, img in zip(axes.flat, idx, imgs):
-        arr = img.permute(1, 2, 0).numpy()
-        ax.imshow(arr[..., 0] if arr.shape[-1] == 1 else arr, cmap="gray", vmin=0, vmax=1)
+        show_image(ax, img)
         label = int(task.labels_train[i])
         ax.set_title(f"{names[label]}\n{pos if task.y_train[i] > 0 else neg}", fontsize=7,
                      pad=2)
@@ -190,8 +189,7 @@ for name in TASKS:
 # %%
 fig, axes = plt.subplots(1, 3, figsize=(8.4, 2.8))
 for ax, name in zip(axes[:2], TASKS):
-    arr = tasks[name].mean[0].permute(1, 2, 0).numpy()
-    ax.imshow(arr[..., 0] if arr.shape[-1] == 1 else arr, cmap="gray", vmin=0, vmax=1)
+    show_image(ax, tasks[name].mean[0])
     ax.set_title(f"{name}: training mean " + r"$\bar x$")
     ax.set_axis_off()
 x0 = tasks["mnist"].x_train[0, 0].numpy()
@@ -579,12 +577,7 @@ def show_by_lambda(name, k=8):
         imgs = to_display(t.x_train[idx], t.mean, minmax=False)
         for c, i in enumerate(idx.tolist()):
             ax = axes[r, c]
-            arr = imgs[c].permute(1, 2, 0).numpy()
-            ax.imshow(arr[..., 0] if arr.shape[-1] == 1 else arr, cmap="gray", vmin=0, vmax=1)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            for spine in ax.spines.values():
-                spine.set_visible(False)
+            show_image(ax, imgs[c])
             ax.set_title(f"{CLASS_NAMES[name][int(t.labels_train[i])]}\n"
                          f"λ={lm[i]:.3g} q={q[i]:.1f}", fontsize=6, pad=2)
         axes[r, 0].set_ylabel(f"{which} λ", fontsize=8)

@@ -80,6 +80,7 @@ from IPython.display import Markdown, display
 from myst_nb import glue
 from scipy.stats import spearmanr
 
+from recon import plots
 from recon.evaluate import (
     evaluate_both,
     first_layer_candidates,
@@ -97,12 +98,8 @@ GOOD = 0.4  # the paper's threshold: SSIM > 0.4 is a good reconstruction
 
 
 def show_image(ax, img, title=None):
-    """One (C, H, W) image in [0, 1] on an axis without ticks."""
-    arr = img.detach().cpu().float().clamp(0, 1).permute(1, 2, 0).numpy()
-    ax.imshow(arr[..., 0] if arr.shape[-1] == 1 else arr, cmap="gray", vmin=0, vmax=1,
-              interpolation="nearest")
-    ax.set_xticks([])
-    ax.set_yticks([])
+    """One (C, H, W) image, clipped to [0, 1], on an axis without ticks (recon.plots)."""
+    plots.show_image(ax, img.clamp(0, 1))
     if title:
         ax.set_title(title, fontsize=7)
 

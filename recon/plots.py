@@ -21,6 +21,7 @@ __all__ = [
     "plot_pairs",
     "plot_history",
     "plot_snapshots",
+    "show_image",
 ]
 
 
@@ -72,6 +73,18 @@ def image_grid(
     return grid[..., 0] if c == 1 else grid
 
 
+def show_image(ax, img: torch.Tensor) -> None:
+    """Draw one ``(C, H, W)`` image in [0, 1] into ``ax``: no ticks, no frame (labels still
+    show, so a row can carry a ``set_ylabel``)."""
+    arr = img.detach().cpu().float().permute(1, 2, 0).numpy()
+    ax.imshow(arr[..., 0] if arr.shape[-1] == 1 else arr, cmap="gray", vmin=0, vmax=1,
+              interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+
+
 def plot_images(images: torch.Tensor, ncols: int = 10, title: str | None = None,
                 ax=None, scale: float = 0.6):
     """Show ``(k, C, H, W)`` images in [0, 1] as one grid."""
@@ -107,10 +120,7 @@ def plot_pairs(recon: torch.Tensor, original: torch.Tensor, scores: Sequence[flo
     for i in range(k):
         r, c = divmod(i, ncols)
         for j, img in enumerate((recon[i], original[i])):
-            ax = axes[2 * r + j, c]
-            arr = img.detach().cpu().float().permute(1, 2, 0).numpy()
-            ax.imshow(arr[..., 0] if arr.shape[-1] == 1 else arr, cmap="gray", vmin=0, vmax=1,
-                      interpolation="nearest")
+            show_image(axes[2 * r + j, c], img)
         if scores is not None:
             axes[2 * r, c].set_title(f"{float(scores[i]):.2f}", fontsize=7, pad=2)
     axes[0, 0].text(-0.15, 0.5, "recon.", transform=axes[0, 0].transAxes, rotation=90,
@@ -151,12 +161,6 @@ def plot_snapshots(snapshots: dict[int, torch.Tensor], mean: torch.Tensor | None
     for r, s in enumerate(steps):
         imgs = to_display(snapshots[s][idx], mean)
         for c in range(len(idx)):
-            ax = axes[r, c]
-            arr = imgs[c].permute(1, 2, 0).numpy()
-            ax.imshow(arr[..., 0] if arr.shape[-1] == 1 else arr, cmap="gray", vmin=0, vmax=1)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            for sp in ax.spines.values():
-                sp.set_visible(False)
+            show_image(axes[r, c], imgs[c])
         axes[r, 0].set_ylabel(f"step {s}", rotation=0, ha="right", va="center", fontsize=8)
     return fig
