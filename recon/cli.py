@@ -1,4 +1,4 @@
-"""Command line: ``python -m recon train | reconstruct | evaluate | sweep``.
+"""Command line: ``python -m recon train | reconstruct | evaluate | sweep | reproduce``.
 
 Each command reads and writes one run directory::
 
@@ -20,6 +20,11 @@ Hyperparameter sweep (an Optuna study; every process running the same command jo
 ``--storage postgresql://user:pass@host/db`` processes on many machines do)::
 
     python -m recon sweep --run runs/mnist-small --trials 16 --steps 1000
+
+Everything at once, resumable (train, sweep, pool, evaluate; a run card and figures under
+``results/reproduce/``)::
+
+    python -m recon reproduce mnist --profile quick
 """
 
 from __future__ import annotations
@@ -227,6 +232,22 @@ def cmd_sweep(args) -> None:
         print(f"pool of trials {pool['trials']} -> {pool['file']}")
 
 
+def cmd_reproduce(args) -> None:
+    from .reproduce import reproduce
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        reproduce(args.task, args.profile, args.out, n_per_class=args.n_per_class,
+                  epochs=args.epochs, weight_decay=args.weight_decay, trials=args.trials,
+                  pool=args.pool, steps=args.steps, objective=args.objective, space=args.space,
+                  device=args.device, progress=not args.quiet)
+    except KeyboardInterrupt:
+        print("interrupted: finished stages and sweep trials are kept; run the same command "
+              "again to resume", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m recon", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -322,9 +343,27 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--threads", type=int, help="torch CPU threads of this worker")
     w.set_defaults(func=cmd_sweep)
 
-    for s in (t, r, w):
+    rp = sub.add_parser("reproduce", help="the paper's experiment end to end: train, sweep, "
+                                          "pool, evaluate; writes a run card and figures")
+    rp.add_argument("task", choices=("mnist", "cifar10"))
+    rp.add_argument("--profile", choices=("quick", "full"), default="quick",
+                    help="quick: minutes on a laptop CPU; full: the paper's settings (GPU)")
+    rp.add_argument("--out", help="run directory (default results/reproduce/TASK-PROFILE-nN)")
+    rp.add_argument("--n-per-class", type=int, help="override the profile's training-set size")
+    rp.add_argument("--epochs", type=int, help="override the profile's training epochs")
+    rp.add_argument("--weight-decay", type=float, help="override the profile's weight decay")
+    rp.add_argument("--trials", type=int, help="reconstruction runs in the sweep")
+    rp.add_argument("--pool", type=int, help="pool the candidates of the best K trials")
+    rp.add_argument("--steps", type=int, help="reconstruction steps per trial")
+    rp.add_argument("--objective", choices=("paper", "kkt", "agreement"),
+                    help="sweep objective (default paper: the paper's oracle score)")
+    rp.add_argument("--space", choices=("paper", "cpu"), help="sweep search space")
+    rp.add_argument("--threads", type=int, help="torch CPU threads")
+    rp.set_defaults(func=cmd_reproduce)
+
+    for s in (t, r, w, rp):
         s.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    for s in (t, r, e, w):
+    for s in (t, r, e, w, rp):
         s.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 

@@ -540,6 +540,7 @@ def run_study(
     poll_interval: float = 2.0,
     device: str | None = None,
     progress: bool = True,
+    enqueue: list[dict] | None = None,
 ) -> dict:
     """Run (or join, or resume) the study of the model in ``run`` until it holds ``n_trials``
     finished trials; return :func:`study_summary`.
@@ -569,6 +570,9 @@ def run_study(
         heartbeat_interval, grace_period: a worker records a heartbeat every
             ``heartbeat_interval`` s; a RUNNING trial without one for ``grace_period`` s is
             marked failed and its slot is run again.
+        enqueue: parameter dicts (e.g. ``{"lr_x": 0.01, ...}``, keys from ``space``) to run
+            first, before the sampler's own proposals; a set already in the study is not
+            enqueued twice, so resuming or joining does not repeat it.
     """
     optuna = _optuna()
     run = Path(run)
@@ -602,6 +606,12 @@ def run_study(
                 "space": _space_to_json(space), "report_every": report_every, "k": k,
                 "task": {"name": task.name, "n": task.n}}
         _check_study_meta(study, meta)
+        for params in enqueue or ():
+            unknown = set(params) - set(space)
+            if unknown:
+                raise ValueError(f"enqueued parameters {sorted(unknown)} are not in the search "
+                                 f"space {sorted(space)}")
+            study.enqueue_trial(params, skip_if_exists=True)
         sdir = _sweep_dir(run) / study_name
         sdir.mkdir(parents=True, exist_ok=True)
         ctx = _Ctx(model, task, fingerprint, base, objective, space, n_trials, report_every,

@@ -263,6 +263,8 @@ def train(
     result.model, result.config = model, config
     for k in keys:
         result.history.setdefault(k, [])
+    if start is not None and result.epoch >= config.epochs:
+        return result  # a finished run: nothing to train, log or save again
     t0 = time.perf_counter() - result.wall_time
 
     bar = tqdm(range(result.epoch, config.epochs), desc="train", disable=not progress,

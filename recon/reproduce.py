@@ -1,0 +1,310 @@
+"""The paper's experiment end to end: train, sweep, pool, evaluate, and write a run card.
+
+:func:`reproduce` runs every stage of the paper's protocol on one task and keeps everything in
+one directory, so an interrupted run continues where it stopped (run the same command again):
+
+1. **train** the MLP on the task (``OUT/model.pt``; checkpointed, resumes);
+2. **sweep** the reconstruction's hyperparameters with Optuna (``OUT/sweep/``; finished trials
+   are kept, the first trial is the profile's recipe, the others are sampled around it);
+3. **pool** the candidates of the best trials and evaluate them with the paper's protocol under
+   both matchings (:func:`recon.sweep.pool_trials`);
+4. **margins**: for every training image, its margin and multiplier against the quality of its
+   best reconstruction (the paper's finding: recovered images are margin samples);
+5. **card**: ``OUT/card.json`` (configs, seeds, git revision, versions, device, wall time per
+   stage, metrics) and figures ``OUT/pairs.png`` (best pairs, one-to-one matching, sorted by
+   correlation) and ``OUT/margins.png``.
+
+Sizes come from :data:`recon.pipeline.PROFILES` (``quick``: minutes on a laptop CPU;
+``full``: the paper's settings, for a GPU) and can be overridden (``n_per_class``, ``trials``,
+``steps``, ...). Heavy files (``model.pt``, ``sweep/``) stay beside the card; commit only the
+card and the figures.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+
+__all__ = ["SWEEP_DEFAULTS", "reproduce", "default_out", "margin_analysis", "read_card",
+           "results_dir", "load_cards", "card_row"]
+
+# per profile: trials in the sweep, how many best trials to pool, search space, sampler
+SWEEP_DEFAULTS = {
+    "quick": {"trials": 4, "pool": 3, "space": "cpu", "objective": "paper"},
+    "full": {"trials": 100, "pool": 10, "space": "paper", "objective": "paper"},
+}
+CARD_FORMAT = "recon-reproduce/1"
+
+
+def default_out(task: str, profile: str, n: int) -> Path:
+    """``results/reproduce/<task>-<profile>-n<n>`` (relative to the working directory)."""
+    return Path("results") / "reproduce" / f"{task}-{profile}-n{n}"
+
+
+def read_card(path: str | os.PathLike) -> dict:
+    """Load a run card (``card.json``) written by :func:`reproduce`, checking its format."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "card.json"
+    try:
+        card = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no run card at {path}; run `python -m recon reproduce` "
+                                "first") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); delete it and rerun") from e
+    if card.get("format") != CARD_FORMAT:
+        raise ValueError(f"{path} is not a recon run card (format {card.get('format')!r}, "
+                         f"expected {CARD_FORMAT!r})")
+    return card
+
+
+def results_dir() -> Path:
+    """The project's ``results/`` folder: ``$RECON_RESULTS_DIR`` if set, else the nearest
+    ``results/`` in the working directory or a parent (the book runs from ``book/``), else the
+    one beside the installed package (a source checkout)."""
+    env = os.environ.get("RECON_RESULTS_DIR")
+    if env:
+        return Path(env)
+    here = Path.cwd().resolve()
+    for d in (here, *here.parents):
+        if (d / "results").is_dir():
+            return d / "results"
+    return Path(__file__).resolve().parents[1] / "results"
+
+
+def load_cards(root: str | os.PathLike | None = None) -> list[dict]:
+    """Every run card under ``root/reproduce/*/card.json`` (default :func:`results_dir`),
+    each with its folder added as ``_dir``, sorted by task and size."""
+    root = Path(root) if root is not None else results_dir()
+    cards = []
+    for path in sorted((root / "reproduce").glob("*/card.json")):
+        card = read_card(path)
+        card["_dir"] = str(path.parent)
+        cards.append(card)
+    return sorted(cards, key=lambda c: (c["task"]["name"], c["task"]["n"], c["profile"]))
+
+
+def card_row(card: dict) -> dict:
+    """One table row of a run card: size, training, counts under both matchings, margins."""
+    c = card["pool"]["counts"]["pool"]
+    t, tr, m = card["task"], card["train"], card["margins"]
+    return {
+        "task": t["name"], "n": t["n"], "profile": card["profile"],
+        "device": card["provenance"]["device"],
+        "epochs": tr["epochs_done"], "weight decay": card["config"]["train"]["weight_decay"],
+        "train error": tr["train_error"], "test accuracy": tr["test_accuracy"],
+        "KKT unexplained": tr.get("kkt_unexplained"),
+        "trials pooled": len(card["pool"]["trials"]),
+        "steps": card["config"]["recon_base"]["steps"],
+        "SSIM>0.4 (paper)": c["paper"]["ssim>0.4"],
+        "SSIM>0.4 (1-1)": c["one_to_one"]["ssim>0.4"],
+        "NCC>0.8 (1-1)": c["one_to_one"]["ncc>0.8"],
+        "NCC>0.9 (1-1)": c["one_to_one"]["ncc>0.9"],
+        "rho(margin, NCC)": m["spearman_margin_ncc"],
+        "minutes": card["wall_time_s"].get("total", float("nan")) / 60,
+    }
+
+
+def margin_analysis(model, task, pool_eval) -> dict:
+    """Per training image: margin ``y_i Phi(x_i)``, NNLS multiplier at the true training set,
+    and the SSIM / NCC of its one-to-one matched pooled candidate (NaN when unmatched).
+
+    Also the Spearman rank correlation of margin with NCC, and the share of recovered images
+    (NCC > 0.9) among the smallest-margin fifth against the rest.
+    """
+    from scipy.stats import spearmanr
+
+    from .kkt import kkt_diagnostic
+
+    p = next(model.parameters())
+    diag = kkt_diagnostic(model, task.x_train.to(p), task.y_train.to(p))
+    n = task.n
+    ssim = torch.full((n,), float("nan"), dtype=torch.float64)
+    ncc = torch.full((n,), float("nan"), dtype=torch.float64)
+    idx = pool_eval.train_index.long()
+    ssim[idx] = pool_eval.ssim.double()
+    ncc[idx] = pool_eval.ncc.double()
+    margin = diag.margin.double()
+    ok = ~torch.isnan(ncc)
+    rho = float(spearmanr(margin[ok].numpy(), ncc[ok].numpy()).statistic) if ok.sum() > 2 \
+        else float("nan")
+    low = margin <= torch.quantile(margin, 0.2)
+    rec = (ncc > 0.9) & ok
+    return {
+        "margin": margin.tolist(), "lam": diag.lam.tolist(), "ssim": ssim.tolist(),
+        "ncc": ncc.tolist(), "labels": task.y_train.tolist(),
+        "kkt_unexplained": diag.unexplained,
+        "spearman_margin_ncc": rho,
+        "recovered_share_low_margin": float(rec[low].double().mean()),
+        "recovered_share_rest": float(rec[~low].double().mean()),
+        "n_low_margin": int(low.sum()),
+    }
+
+
+def _plot(card: dict, pool_eval, out: Path, max_pairs: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    from .plots import plot_pairs, set_style
+
+    set_style()
+    order = torch.argsort(pool_eval.ncc, descending=True)[:max_pairs]
+    t = card["task"]
+    fig = plot_pairs(pool_eval.recon[order], pool_eval.original[order],
+                     pool_eval.ncc[order].tolist(), max_pairs=max_pairs, score_name="NCC",
+                     title=f"{t['name']}, n = {t['n']} ({card['profile']}): best pooled "
+                           "reconstructions, one-to-one")
+    fig.savefig(out / "pairs.png", dpi=90)
+    plt.close(fig)
+
+    m = card["margins"]
+    margin, ncc = torch.tensor(m["margin"]), torch.tensor(m["ncc"])
+    lam = torch.tensor(m["lam"])
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    ok = ~torch.isnan(ncc)
+    axes[0].scatter(margin[ok], ncc[ok], s=12)
+    axes[0].axhline(0.9, color="k", lw=0.7, ls=":")
+    axes[0].set_xlabel(r"margin $y_i\,\Phi(\theta;x_i)$")
+    axes[0].set_ylabel("NCC of matched reconstruction")
+    axes[0].set_title(f"Spearman rho = {m['spearman_margin_ncc']:.2f}", fontsize=9)
+    axes[1].scatter(lam[ok], ncc[ok], s=12)
+    axes[1].set_xscale("symlog", linthresh=max(float(lam[lam > 0].min()) if (lam > 0).any()
+                                               else 1e-6, 1e-6))
+    axes[1].axhline(0.9, color="k", lw=0.7, ls=":")
+    axes[1].set_xlabel(r"multiplier $\lambda_i$ (NNLS at the true training set)")
+    axes[1].set_ylabel("NCC")
+    fig.suptitle(f"{t['name']}, n = {t['n']}: which training images come back?", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out / "margins.png", dpi=90)
+    plt.close(fig)
+
+
+def reproduce(
+    task: str,
+    profile: str = "quick",
+    out: str | os.PathLike | None = None,
+    *,
+    n_per_class: int | None = None,
+    epochs: int | None = None,
+    weight_decay: float | None = None,
+    trials: int | None = None,
+    pool: int | None = None,
+    steps: int | None = None,
+    objective: str | None = None,
+    space: str | None = None,
+    device: str | None = None,
+    progress: bool = True,
+    max_pairs: int = 40,
+) -> dict:
+    """Train, sweep, pool and evaluate one task; write ``OUT/card.json`` and figures.
+
+    Every stage resumes from what ``OUT`` already holds. Returns the run card (a dict).
+    Overrides change the profile's settings (and so the directory name when ``out`` is None).
+    """
+    from .data import load_task
+    from .pipeline import settings
+    from .provenance import provenance
+    from .reconstruct import ReconConfig
+    from .sweep import pool_trials, run_study, search_space
+    from .train import train_task
+
+    if profile not in SWEEP_DEFAULTS:
+        raise ValueError(f"profile must be one of {sorted(SWEEP_DEFAULTS)}, got {profile!r}")
+    s = settings(task, profile)
+    sw = dict(SWEEP_DEFAULTS[profile])
+    sw.update({k: v for k, v in {"trials": trials, "pool": pool, "objective": objective,
+                                 "space": space}.items() if v is not None})
+    if sw["trials"] < 1 or sw["pool"] < 1:
+        raise ValueError("trials and pool must be >= 1")
+    npc = n_per_class or s["n_per_class"]
+    tcfg = dataclasses.replace(s["train"], **{k: v for k, v in {
+        "epochs": epochs, "weight_decay": weight_decay}.items() if v is not None})
+    data = load_task(task, npc)
+    rcfg = ReconConfig(**{**s["recon"].to_dict(), "n_candidates": 2 * data.n,
+                          **({"steps": steps} if steps else {})})
+    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    out = Path(out) if out is not None else default_out(task, profile, data.n)
+    out.mkdir(parents=True, exist_ok=True)
+    card_path = out / "card.json"
+    card = json.loads(card_path.read_text()) if card_path.is_file() else {}
+    if card and card.get("format") != CARD_FORMAT:
+        raise ValueError(f"{card_path} is not a recon run card; choose another directory")
+    wall = card.get("wall_time_s", {})
+
+    def say(msg):
+        print(f"[reproduce] {msg}", flush=True)
+
+    def save():
+        card["wall_time_s"] = wall
+        card["provenance"] = provenance(dev)
+        tmp = out / "card.json.tmp"
+        tmp.write_text(json.dumps(card, indent=1) + "\n")
+        tmp.replace(card_path)
+
+    card.update(format=CARD_FORMAT, profile=profile, device=dev,
+                task={"name": data.name, "n_per_class": npc, "n": data.n,
+                      "n_test": int(len(data.y_test)), "source": data.source},
+                config={"train": tcfg.to_dict(), "recon_base": rcfg.to_dict(), "sweep": sw})
+
+    # 1. train ------------------------------------------------------------------------------
+    say(f"1/4 train {data.name} n={data.n} for {tcfg.epochs} epochs -> {out / 'model.pt'}")
+    t0 = time.perf_counter()
+    res = train_task(data, tcfg, checkpoint=out / "model.pt", device=dev, progress=progress)
+    f = res.final()
+    card["train"] = {"epochs_done": res.epoch, "train_error": f["train_error"],
+                     "test_error": f.get("test_error"), "test_accuracy":
+                     1 - f["test_error"] if "test_error" in f else None,
+                     "min_margin": f["min_margin"], "param_norm2": f["param_norm2"],
+                     "wall_time_s": res.wall_time}
+    wall["train"] = res.wall_time
+    # run.json lets the sweep find the task (the format `python -m recon train` writes)
+    run_json = {"task": {"name": data.name, "n_per_class": npc,
+                         "n_test_per_class": int(len(data.y_test)) // 2, "n": data.n,
+                         "source": data.source}, "device": dev}
+    (out / "run.json").write_text(json.dumps(run_json, indent=1) + "\n")
+    save()
+
+    # 2. sweep ------------------------------------------------------------------------------
+    say(f"2/4 sweep: {sw['trials']} trials of {rcfg.steps} steps, objective {sw['objective']}")
+    t0 = time.perf_counter()
+    first = {k: getattr(rcfg, k) for k in search_space(sw["space"])}
+    summary = run_study(out, sw["trials"], base=rcfg, objective=sw["objective"],
+                        space=sw["space"], device=dev, progress=progress,
+                        enqueue=[first], sampler_seed=rcfg.seed)
+    wall["sweep_this_session"] = time.perf_counter() - t0
+    wall["sweep_trials_total"] = summary.get("trial_wall_time_s")
+    card["sweep"] = {k: summary.get(k) for k in ("study_name", "objective", "states",
+                                                 "n_diverged", "best", "trial_wall_time_s")}
+    save()
+
+    # 3. pool ------------------------------------------------------------------------------
+    say(f"3/4 pool the best {sw['pool']} trials and evaluate (paper protocol, both matchings)")
+    t0 = time.perf_counter()
+    pooled = pool_trials(out, sw["pool"], study_name=summary["study_name"], task=data)
+    card["pool"] = {"trials": pooled.trials, "best_trial": pooled.best_trial,
+                    "n_candidates": pooled.pool["paper"].n_candidates,
+                    "counts": pooled.counts()}
+    wall["pool"] = time.perf_counter() - t0
+
+    # 4. margins, figures -------------------------------------------------------------------
+    say("4/4 margins and figures")
+    card["margins"] = margin_analysis(res.model.cpu(), data, pooled.pool["one_to_one"])
+    card["train"]["kkt_unexplained"] = card["margins"]["kkt_unexplained"]
+    _plot(card, pooled.pool["one_to_one"], out, max_pairs)
+    card["figures"] = ["pairs.png", "margins.png"]
+    wall["total"] = sum(v for k, v in wall.items()
+                        if k in ("train", "sweep_trials_total", "pool") and v)
+    save()
+    c = card["pool"]["counts"]["pool"]
+    say(f"done: pooled one-to-one NCC>0.9 {c['one_to_one']['ncc>0.9']}/{data.n}, SSIM>0.4 "
+        f"{c['one_to_one']['ssim>0.4']} (one-to-one) / {c['paper']['ssim>0.4']} (paper "
+        f"matching); test accuracy {card['train']['test_accuracy']:.1%} -> {card_path}")
+    return card

@@ -1,0 +1,75 @@
+"""`python -m recon reproduce`: every stage writes its part of the run card, and runs resume."""
+
+import json
+
+import pytest
+
+from recon.cli import main
+from recon.reproduce import card_row, load_cards, read_card
+from recon.sweep import load_study
+
+TINY = ["--n-per-class", "3", "--epochs", "200", "--trials", "2", "--pool", "2",
+        "--steps", "30", "--quiet"]
+
+
+def test_reproduce_writes_card_and_figures_and_resumes(tmp_path, data_dir, monkeypatch, capsys):
+    monkeypatch.setenv("RECON_DATA_DIR", str(data_dir))
+    out = tmp_path / "reproduce" / "mnist-tiny"
+    assert main(["reproduce", "mnist", "--out", str(out), *TINY]) == 0
+    card = read_card(out)
+    assert card["task"] == {"name": "mnist", "n_per_class": 3, "n": 6, "n_test": 1000,
+                            "source": card["task"]["source"]}
+    assert card["train"]["epochs_done"] == 200
+    assert 0 <= card["train"]["test_accuracy"] <= 1
+    assert card["sweep"]["states"] == {"COMPLETE": 2}
+    # the first trial is the profile's recipe, not a sampled point
+    assert card["config"]["recon_base"]["n_candidates"] == 12
+    study = load_study(out, card["sweep"]["study_name"])
+    first = min(study.trials, key=lambda t: t.number)
+    assert first.params and first.params == {
+        k: pytest.approx(card["config"]["recon_base"][k]) for k in first.params}
+    assert sorted(card["pool"]["trials"]) == [0, 1]
+    pool = card["pool"]["counts"]["pool"]
+    assert set(pool) == {"paper", "one_to_one"} and "ncc>0.9" in pool["one_to_one"]
+    m = card["margins"]
+    assert len(m["margin"]) == len(m["ncc"]) == len(m["lam"]) == 6
+    assert all(lam >= 0 for lam in m["lam"])
+    assert card["provenance"]["torch"] and card["wall_time_s"]["train"] > 0
+    for fig in ("pairs.png", "margins.png"):
+        assert (out / fig).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # rerunning resumes: nothing is trained or reconstructed again
+    before = (out / "model.pt").stat().st_mtime_ns
+    assert main(["reproduce", "mnist", "--out", str(out), *TINY]) == 0
+    assert (out / "model.pt").stat().st_mtime_ns == before
+    again = read_card(out)
+    assert again["sweep"]["states"] == {"COMPLETE": 2}
+    assert again["pool"]["counts"] == card["pool"]["counts"]
+    # asking for more trials extends the study instead of starting over
+    more = [a if a != "2" or TINY[i - 1] != "--trials" else "3" for i, a in enumerate(TINY)]
+    assert main(["reproduce", "mnist", "--out", str(out), *more]) == 0
+    assert read_card(out)["sweep"]["states"] == {"COMPLETE": 3}
+    assert "[reproduce] done" in capsys.readouterr().out
+
+    # the Results chapter reads cards through load_cards / card_row
+    cards = load_cards(tmp_path)
+    assert len(cards) == 1 and cards[0]["_dir"] == str(out)
+    row = card_row(cards[0])
+    assert row["n"] == 6 and row["trials pooled"] == 2
+    one_to_one = read_card(out)["pool"]["counts"]["pool"]["one_to_one"]
+    assert row["NCC>0.9 (1-1)"] == one_to_one["ncc>0.9"]
+
+
+def test_read_card_rejects_other_json(tmp_path):
+    (tmp_path / "card.json").write_text(json.dumps({"hello": 1}))
+    with pytest.raises(ValueError, match="not a recon run card"):
+        read_card(tmp_path)
+    with pytest.raises(FileNotFoundError, match="recon reproduce"):
+        read_card(tmp_path / "missing")
+
+
+def test_reproduce_refuses_a_bad_profile(tmp_path):
+    from recon.reproduce import reproduce
+
+    with pytest.raises(ValueError, match="profile must be one of"):
+        reproduce("mnist", "medium", tmp_path)
