@@ -25,11 +25,13 @@
 # {cite:p}`lyu2020gradient,ji2020directional`; and at a KKT point the parameters are a
 # non-negative combination of the network's gradients at the training samples that sit on the
 # margin. We check each step numerically, first on the paper's 784-1000-1000-1 network, then on
-# a 2-D toy where the margin, the multipliers and the reconstruction can be drawn. The toy ends
-# with a result that surprised us: the reconstruction fits the weights as well as the true
-# training set does, yet lands on *other* points. In two dimensions the weights satisfy the KKT
-# equations for many training sets at once; we measure why, and what that says about when the
-# attack can work.
+# a 2-D toy where the margin, the multipliers and the reconstruction can be drawn. The toy
+# holds a surprise: on a small fully trained network the reconstruction fits the weights as
+# well as the true training set does, yet lands on *other* points; the weights satisfy the KKT
+# equations for many training sets at once. We measure why, and then build the 2-D network
+# whose weights do pin the points down: a wide random first layer, kept fixed, under a trained
+# output layer. From its weights alone the reconstruction finds every training point on the
+# margin.
 #
 # ## Learning goals
 #
@@ -43,6 +45,8 @@
 #   `recon.kkt.kkt_diagnostic` to measure how close a trained network is to a KKT point.
 # - Run the reconstruction of `recon.reconstruct` on a toy you can see, read its settings, and
 #   judge its output honestly: a small stationarity loss is necessary, not sufficient.
+# - Count equations against unknowns to predict when the reconstruction is identifiable, and
+#   see it recover the margin samples of a random-features network.
 #
 # **Runtime**: quick profile ~1 min on 2 CPU cores; full profile ~1 min on a GPU (the toy is
 # the same in both profiles and runs on the CPU; results are cached after the first run).
@@ -638,11 +642,150 @@ glue("unknowns", 3 * m, display=False)
 # $\theta$ carries about {glue:text}`k_numbers` informative numbers for {glue:text}`unknowns`
 # unknowns: many training sets fit. In the paper's setting each first-layer unit reveals a
 # 785-dimensional vector, a weighted sum of the images it is active on, and the second layer
-# adds a million more numbers; the same counting no longer forbids a unique answer, and the
-# next chapters measure how many real digits and CIFAR images come back. The
-# lesson of the toy is the one Section 4 already hinted at: **a small stationarity loss says
-# the candidates are *a* solution, not *the* training set.** Every reconstruction in this book
-# is therefore judged by comparing with the real training images, never by its loss alone.
+# adds a million more numbers. The lesson so far is the one Section 4 already hinted at:
+# **a small stationarity loss says the candidates are *a* solution, not *the* training set.**
+# Every reconstruction in this book is therefore judged by comparing with the real training
+# images, never by its loss alone. The counting also says what would make the attack work:
+# weights that carry many more equations than the margin samples have unknowns. The next
+# section builds such a network in two dimensions.
+#
+# ## 6. When the weights say enough: a wide random first layer
+#
+# Give the toy a first layer of 1,000 ReLU units with random weights and biases drawn from
+# $\mathcal N(0,1)$, and **freeze** it: only the output weights $v\in\mathbb R^{1000}$ are
+# trained (`MLP(..., frozen=(0,))`). The network
+# $\Phi(v;x)=\sum_k v_k\,\mathrm{relu}(w_k\cdot x+b_k) = v\cdot\phi(x)$ is homogeneous of
+# degree 1 in the trained parameters, so everything in Sections 2-4 applies with
+# $	heta = v$: it is a linear classifier on random features $\phi(x)$, and gradient descent
+# on the logistic loss converges in direction to the maximum-margin (hard-SVM) solution in
+# feature space {cite:p}`soudry2018implicit`. Its stationarity equation reads
+#
+# $$
+# v = \sum_i \lambda_i\,y_i\,\phi(x_i),
+# $$
+#
+# one equation per random unit: 1,000 numbers, against 3 unknowns per margin sample. The
+# frozen layer is part of the published weights, so the attacker knows $\phi$. The random
+# units do not collapse (they are not trained), and every unit has its own kink line, so the
+# features of different points differ. We train $v$ with weight decay $3\cdot10^{-3}$
+# (learning rate 0.02, 20,000 epochs, float64; $v$ starts at zero) on the same 30 points, and
+# run the same reconstruction as in Section 5, with three changes that follow from the
+# numbers: the multipliers are now up to about 100 ($m\lambda_i$), so `lr_lambda=0.05` lets
+# them grow within the run and `lambda_min=0.3` keeps candidates alive without forcing any
+# onto a point; and a steep gate, `alpha=1000`, since $\phi$ itself (not its derivative) enters
+# the equation and needs no smoothing.
+
+# %%
+RF_WD = 3e-3
+RF_TRAIN = dict(widths=(1000,), init_scale=1.0, lr=0.02, epochs=20000, dtype="float64",
+                log_every=500)
+RF_RECON = dict(n_candidates=m, steps=3000, lr_x=0.01, lr_lambda=0.05, init_scale=0.5,
+                lambda_min=0.3, alpha=1000.0, optimizer="adam", box="paper", dtype="float64",
+                seed=0, log_every=25)
+
+
+def random_features_net() -> MLP:
+    """The toy's random-features network: frozen N(0, 1) first layer, output layer at zero."""
+    torch.manual_seed(0)
+    return MLP((2,), (1000,), init_scale=1.0, deep_init_scale=0.0, frozen=(0,)).double()
+
+
+def train_rf() -> dict:
+    cfg = TrainConfig(**RF_TRAIN, weight_decay=RF_WD)
+
+    def compute() -> dict:
+        model = random_features_net()
+        res = train(model, toy_x, toy_y, cfg, progress=False)
+        return {"state_dict": {k: v.clone() for k, v in model.state_dict().items()},
+                "history": res.history}
+
+    out = cached("toy-train", {"chapter": 1, "data": DATA, "train": cfg.to_dict(),
+                               "model": "random features, frozen first layer"}, compute)
+    model = random_features_net()
+    model.load_state_dict(out["state_dict"])
+    out["model"] = model
+    return out
+
+
+rf_run = train_rf()
+rf_net = rf_run["model"]
+rf_lam, rf_margin = toy.weight_decay_multipliers(rf_net, toy_x, toy_y, RF_WD)
+rf_on = rf_lam >= 0.1 * rf_lam.max()
+rf_resid = toy.stationarity_residual(rf_net, toy_x, toy_y, rf_lam)
+
+
+def reconstruct_rf(seed: int) -> dict:
+    cfg = ReconConfig(**{**RF_RECON, "seed": seed})
+    key = {"chapter": 1, "data": DATA, "model": "random features, frozen first layer",
+           "train": TrainConfig(**RF_TRAIN, weight_decay=RF_WD).to_dict(),
+           "recon": cfg.to_dict()}
+
+    def compute() -> dict:
+        res = reconstruct(rf_net, cfg, progress=False)
+        return {"x": res.x, "lam": res.lam, "y": res.y, "history": res.history}
+
+    return cached("toy-recon", key, compute)
+
+
+rf_recs = [reconstruct_rf(seed) for seed in (0, 1, 2)]
+rf_found = []
+for seed, r in enumerate(rf_recs):
+    d, _ = toy.nearest_same_label(toy_x, toy_y, r["x"], r["y"])
+    rf_found.append((int((d[rf_on] < RADIUS).sum()), int((d[~rf_on] < RADIUS).sum()),
+                     float(d[rf_on].max())))
+    print(f"seed {seed}: L_stat/||v||^2 = {r['history']['stat_rel'][-1]:.1e}; margin samples "
+          f"recovered {rf_found[-1][0]}/{int(rf_on.sum())} (farthest "
+          f"{rf_found[-1][2]:.3f} away), off-margin {rf_found[-1][1]}/{int((~rf_on).sum())}")
+print(f"train error {rf_run['history']['train_error'][-1]:.2f}; exact multipliers leave "
+      f"{rf_resid:.1e} of ||v||^2 unexplained; {int(rf_on.sum())} margin samples")
+
+glue("rf_margin_n", int(rf_on.sum()), display=False)
+glue("rf_resid", rf_resid, display=False)
+glue("rf_found0", rf_found[0][0], display=False)
+glue("rf_far0", rf_found[0][2], display=False)
+glue("rf_off0", rf_found[0][1], display=False)
+glue("rf_found_all", ", ".join(f"{a}" for a, _, _ in rf_found), display=False)
+glue("rf_lam_ratio", float(rf_lam[rf_on].min() / rf_lam[~rf_on].max()), display=False)
+glue("rf_stat0", rf_recs[0]["history"]["stat_rel"][-1], display=False)
+
+# %%
+fig = plt.figure(figsize=(13, 4.4))
+gs = fig.add_gridspec(1, 3, width_ratios=[1.15, 1, 1])
+toy.plot_multipliers(rf_net, toy_x, toy_y, rf_lam, rf_margin, ax=fig.add_subplot(gs[0]),
+                     title=r"random features: marker area $\propto \lambda_i$")
+toy.plot_candidates(rf_net, toy_x, toy_y, rf_recs[0]["x"], rf_recs[0]["y"],
+                    rf_recs[0]["lam"], highlight=rf_on, ax=fig.add_subplot(gs[1]),
+                    title="reconstruction from random candidates")
+ax = fig.add_subplot(gs[2])
+for seed, r in enumerate(rf_recs):
+    ax.semilogy(r["history"]["step"], r["history"]["stat_rel"], label=f"seed {seed}")
+ax.set_xlabel("reconstruction step")
+ax.set_ylabel(r"$L_\mathrm{stat} / \|v\|^2$")
+ax.legend(fontsize=8)
+fig.tight_layout()
+plt.show()
+
+# %% [markdown]
+# **What to notice.** Training leaves {glue:text}`rf_resid:.0e` of $\|v\|^2$ unexplained by
+# the exact multipliers, and the picture of Section 4 repeats: the
+# {glue:text}`rf_margin_n` arc ends carry the weight (their multipliers are at least
+# {glue:text}`rf_lam_ratio:.0f` times those of the arc middles). This time the reconstruction
+# finds them. From random candidates spread over the box, {glue:text}`rf_found0` of the
+# {glue:text}`rf_margin_n` margin samples end with a candidate of their class within 0.05
+# (the farthest is {glue:text}`rf_far0:.3f` away), drawn as a large cross on each filled
+# marker; the three random seeds recover {glue:text}`rf_found_all` of them. Candidates also
+# land on {glue:text}`rf_off0` of the 18 off-margin samples: with weight decay every sample
+# keeps a small positive multiplier, and the candidates that `lambda_min` keeps alive settle
+# where they cost least. The stationarity loss falls to
+# {glue:text}`rf_stat0:.0e` of $\|v\|^2$: not lower than in Section 5, but now the solution
+# it finds is the training set, because 1,000 equations leave no room for another.
+#
+# This is the regime of the paper: there the first layer alone has 1,000 units that each
+# reveal a 785- or 3,073-dimensional vector, far more numbers than the margin samples have
+# pixels, and the attack recovers real images (Chapters 3 and 4). Between the two toys of this
+# chapter the rule to remember: **the attack needs the weights to carry more equations than
+# the margin samples have unknowns, and units that are not collapsed onto a few directions.**
+# Large, over-parameterised networks are the vulnerable ones.
 #
 # ## Exercises
 #
@@ -740,10 +883,14 @@ glue("unknowns", 3 * m, display=False)
 #   non-negative combination of the gradients at the margin samples.
 # - With weight decay the stationarity equation holds exactly, with
 #   $\lambda_i=\sigma(-q_i)/(n\,\mathrm{wd})$; the margin samples carry almost all the weight.
-# - On a 2-D toy the reconstruction fits the weights as well as the training set does, and the
-#   training set is a stable solution, but from random starts it finds another one: in two
-#   dimensions the equation has many solutions. A small stationarity loss never proves a
-#   reconstruction; comparison with the data does.
+# - On a small fully trained 2-D network the reconstruction fits the weights as well as the
+#   training set does, and the training set is a stable solution, but from random starts it
+#   finds another one: its units collapse onto a few directions and the equation has many
+#   solutions. A small stationarity loss never proves a reconstruction; comparison with the
+#   data does.
+# - With a wide random first layer kept fixed, the weights carry 1,000 equations for a dozen
+#   margin samples, and the reconstruction recovers every one of them from random starts:
+#   the attack needs weights that say more than the margin samples have unknowns.
 #
 # ## References
 #

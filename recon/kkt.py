@@ -104,13 +104,14 @@ def gradient_gram(
     K = torch.zeros(len(xf), len(xf), dtype=torch.float64, device=xf.device)
     b = torch.zeros(len(xf), dtype=torch.float64, device=xf.device)
     for layer in reversed(range(len(weights))):
-        a = inputs[layer]
-        aa = a @ a.T
-        if layer == 0 and bias is not None:
-            aa = aa + 1.0  # the bias is a weight on a constant input 1
-        K += (delta @ delta.T) * aa
-        # <W_l, delta a^T> (+ <b, delta> for the first layer) = delta . h_l
-        b += (delta * pre[layer]).sum(1)
+        if layer not in model.frozen:  # theta holds the trained layers only
+            a = inputs[layer]
+            aa = a @ a.T
+            if layer == 0 and bias is not None:
+                aa = aa + 1.0  # the bias is a weight on a constant input 1
+            K += (delta @ delta.T) * aa
+            # <W_l, delta a^T> (+ <b, delta> for the first layer) = delta . h_l
+            b += (delta * pre[layer]).sum(1)
         if layer > 0:
             delta = (delta @ weights[layer]) * _gate(pre[layer - 1], alpha)
     K = K * torch.outer(y, y)
@@ -129,7 +130,7 @@ def kkt_diagnostic(
     model = check_supported(model)
     check_binary_data(model, x, y)
     K, b, out = gradient_gram(model, x, y, alpha)
-    theta2 = float(sum(p.detach().double().pow(2).sum() for p in model.parameters()))
+    theta2 = float(sum(p.detach().double().pow(2).sum() for p in model.theta()))
     # ||theta - G^T lam||^2 = theta2 - 2 b.lam + lam^T K lam. Write K = A^T A (A = S^1/2 U^T)
     # and b = A^T t, so the problem is the standard NNLS  min ||A lam - t||.
     s, u = torch.linalg.eigh(K.cpu())

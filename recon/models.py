@@ -55,8 +55,15 @@ class MLP(nn.Module):
             (paper: 1e-4). Deeper layers keep PyTorch's default initialisation unless
             ``deep_init_scale`` is given, in which case they are ``N(0, 1) * deep_init_scale``.
         first_bias: keep the first layer's bias (the paper does).
+        frozen: indices of layers that are not trained (see :meth:`freeze`).
 
     ``forward(x, alpha=None)``: x ``(m, *input_shape)`` -> logits ``(m,)``.
+
+    Frozen layers: the network is still homogeneous in the parameters that are trained, of
+    degree :attr:`degree` (the number of trained layers), so the implicit-bias theorem and the
+    stationarity equation hold for ``theta`` = the trained parameters (:meth:`theta`). Training,
+    the KKT diagnostic and the reconstruction all use :meth:`theta`. A frozen wide random first
+    layer turns the network into a random-features model (chapter 1).
     """
 
     def __init__(
@@ -66,8 +73,10 @@ class MLP(nn.Module):
         init_scale: float | None = 1e-4,
         first_bias: bool = True,
         deep_init_scale: float | None = None,
+        frozen: Sequence[int] = (),
     ) -> None:
         super().__init__()
+        self.frozen: tuple[int, ...] = ()
         self.input_shape = tuple(int(s) for s in input_shape)
         self.widths = tuple(int(w) for w in widths)
         if not self.widths or any(w <= 0 for w in self.widths):
@@ -88,11 +97,43 @@ class MLP(nn.Module):
             if deep_init_scale is not None:
                 for layer in self.layers[1:]:
                     layer.weight.normal_().mul_(deep_init_scale)
+        if frozen:
+            self.freeze(frozen)
+
+    def freeze(self, layers: Sequence[int]) -> MLP:
+        """Stop training the given layers (weights and bias); returns ``self``.
+
+        At least one layer must stay trainable. Freezing is recorded in :meth:`arch`, so
+        checkpoints rebuild the same split.
+        """
+        idx = sorted({int(i) for i in layers} | set(self.frozen))
+        bad = [i for i in idx if not 0 <= i < len(self.layers)]
+        if bad:
+            raise ValueError(f"layers {bad} do not exist; the network has layers "
+                             f"0..{len(self.layers) - 1}")
+        if len(idx) == len(self.layers):
+            raise ValueError("at least one layer must stay trainable")
+        for i in idx:
+            for p in self.layers[i].parameters():
+                p.requires_grad_(False)
+        self.frozen = tuple(idx)
+        return self
+
+    def theta(self) -> list[nn.Parameter]:
+        """The trained parameters: those of every layer that is not frozen."""
+        return [p for i, layer in enumerate(self.layers) if i not in self.frozen
+                for p in layer.parameters()]
 
     @property
     def depth(self) -> int:
-        """Number of linear layers = degree of homogeneity in the parameters."""
+        """Number of linear layers."""
         return len(self.layers)
+
+    @property
+    def degree(self) -> int:
+        """Degree of homogeneity in the trained parameters: the number of trained layers
+        (equal to :attr:`depth` unless layers are frozen)."""
+        return len(self.layers) - len(self.frozen)
 
     @property
     def input_dim(self) -> int:
@@ -104,6 +145,7 @@ class MLP(nn.Module):
             "input_shape": list(self.input_shape),
             "widths": list(self.widths),
             "first_bias": self.first_bias,
+            "frozen": list(self.frozen),
         }
 
     def check_input(self, x: torch.Tensor) -> torch.Tensor:

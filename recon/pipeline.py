@@ -139,7 +139,7 @@ def trained(name: str, profile: str | None = None, *, config: TrainConfig | None
     out = cached("trained", _train_key(name, s, cfg, kkt_every), compute)
     arch = out["arch"]
     model = MLP(arch["input_shape"], arch["widths"], init_scale=None,
-                first_bias=arch["first_bias"])
+                first_bias=arch["first_bias"], frozen=arch.get("frozen", ()))
     model.load_state_dict(out["state_dict"])
     out["model"] = model.to(getattr(torch, cfg.dtype))
     return out

@@ -149,7 +149,7 @@ def stationarity_loss(
     Differentiable in ``x`` and ``lam`` (the inner gradient is built with a graph).
     x: ``(m, *input_shape)``; lam, y: ``(m,)``. The model's parameters must require grad.
     """
-    params = [p for p in model.parameters()]
+    params = model.theta()
     out = model(x, alpha=alpha)
     grads = torch.autograd.grad((out * lam * y).sum() / len(x), params, create_graph=True)
     return sum((p.detach() - g).pow(2).sum() for p, g in zip(params, grads))
@@ -264,9 +264,9 @@ def reconstruct(
     dtype = torch.float64 if config.dtype == "float64" else torch.float32
     device = torch.device(device) if device is not None else next(model.parameters()).device
     net = copy.deepcopy(model).to(device, dtype)
-    for p in net.parameters():
+    for p in net.theta():
         p.requires_grad_(True)
-    theta2 = float(sum(p.detach().pow(2).sum() for p in net.parameters()))
+    theta2 = float(sum(p.detach().pow(2).sum() for p in net.theta()))
     fingerprint = _theta_fingerprint(net)
     m = config.n_candidates
     shape = (m, *net.input_shape)

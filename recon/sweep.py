@@ -313,10 +313,10 @@ def kkt_residual(model: MLP, x: torch.Tensor, lam: torch.Tensor, y: torch.Tensor
     """
     p0 = next(model.parameters())
     net = copy.deepcopy(model)
-    for p in net.parameters():
+    for p in net.theta():
         p.requires_grad_(True)
     x, lam, y = (t.detach().to(p0.device, p0.dtype) for t in (x, lam, y))
-    theta2 = float(sum(p.detach().pow(2).sum() for p in net.parameters()))
+    theta2 = float(sum(p.detach().pow(2).sum() for p in net.theta()))
     return float(stationarity_loss(net, x, lam, y, None).detach()) / theta2
 
 

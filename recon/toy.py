@@ -118,7 +118,7 @@ def stationarity_residual(
         raise ValueError(f"lam must have shape ({len(x)},), got {tuple(lam.shape)}")
     K, b, _ = gradient_gram(model, x, y, alpha)
     K, b = K.cpu(), b.cpu()
-    theta2 = float(sum(p.detach().double().pow(2).sum() for p in model.parameters()))
+    theta2 = float(sum(p.detach().double().pow(2).sum() for p in model.theta()))
     res2 = theta2 - 2 * float(b @ lam) + float(lam @ K @ lam)
     return max(res2, 0.0) / theta2
 

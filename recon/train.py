@@ -123,7 +123,7 @@ def logistic_loss(model: MLP, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def _param_norm2(model: MLP) -> float:
-    return float(sum(p.detach().pow(2).sum() for p in model.parameters()))
+    return float(sum(p.detach().pow(2).sum() for p in model.theta()))
 
 
 def _log(model, x, y, x_test, y_test, history, epoch, loss, callback=None) -> None:
@@ -140,7 +140,8 @@ def _log(model, x, y, x_test, y_test, history, epoch, loss, callback=None) -> No
         history["train_error"].append(float((marg <= 0).double().mean()))
         history["min_margin"].append(float(marg.min()))
         # Normalised margin min_i y_i Phi(x_i) / ||theta||^L: what gradient flow maximises.
-        history["normalized_margin"].append(float(marg.min()) / norm2 ** (model.depth / 2))
+        history["normalized_margin"].append(
+            float(marg.min()) / norm2 ** (model.degree / 2) if norm2 > 0 else float("nan"))
         history["param_norm2"].append(norm2)
         if x_test is not None:
             test_margin = margins(model, x_test, y_test)
@@ -196,7 +197,7 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> tuple[TrainR
     arch = raw.get("arch", {})
     try:
         model = MLP(arch["input_shape"], arch["widths"], init_scale=None,
-                    first_bias=arch["first_bias"])
+                    first_bias=arch["first_bias"], frozen=arch.get("frozen", ()))
         # cast before loading so float64 weights are not rounded through float32
         model = model.to(DTYPES.get(raw.get("dtype"), torch.float32))
         model.load_state_dict(raw["state_dict"])
@@ -254,7 +255,7 @@ def train(
     # harmless here. Note: this is a process-wide PyTorch setting and stays on afterwards.
     torch.set_flush_denormal(True)
 
-    opt = torch.optim.SGD(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    opt = torch.optim.SGD(model.theta(), lr=config.lr, weight_decay=config.weight_decay)
     if optimizer_state:
         opt.load_state_dict(optimizer_state)
     keys = ["epoch", "loss", "train_error", "min_margin", "normalized_margin", "param_norm2"]

@@ -81,7 +81,8 @@ def test_arch_rebuilds_same_module():
     torch.manual_seed(0)
     model = MLP((1, 5, 5), widths=(11, 3), first_bias=True).double()
     arch = model.arch()
-    assert arch == {"input_shape": [1, 5, 5], "widths": [11, 3], "first_bias": True}
+    assert arch == {"input_shape": [1, 5, 5], "widths": [11, 3], "first_bias": True,
+                    "frozen": []}
     clone = MLP(arch["input_shape"], arch["widths"], init_scale=None,
                 first_bias=arch["first_bias"]).double()
     clone.load_state_dict(model.state_dict())  # strict: same parameter names and shapes
