@@ -78,13 +78,21 @@ def results_dir() -> Path:
     return Path(__file__).resolve().parents[1] / "results"
 
 
-def load_cards(root: str | os.PathLike | None = None) -> list[dict]:
+def load_cards(root: str | os.PathLike | None = None, *, complete: bool = True) -> list[dict]:
     """Every run card under ``root/reproduce/*/card.json`` (default :func:`results_dir`),
-    each with its folder added as ``_dir``, sorted by task and size."""
+    each with its folder added as ``_dir``, sorted by task and size. With ``complete`` (the
+    default) cards of runs still in progress (no evaluation yet) are left out, with a
+    warning."""
+    import warnings
+
     root = Path(root) if root is not None else results_dir()
     cards = []
     for path in sorted((root / "reproduce").glob("*/card.json")):
         card = read_card(path)
+        if complete and not card.get("complete"):
+            warnings.warn(f"{path}: run not finished (rerun `python -m recon reproduce` to "
+                          "complete it); left out", stacklevel=2)
+            continue
         card["_dir"] = str(path.parent)
         cards.append(card)
     return sorted(cards, key=lambda c: (c["task"]["name"], c["task"]["n"], c["profile"]))
@@ -249,7 +257,7 @@ def reproduce(
         tmp.write_text(json.dumps(card, indent=1) + "\n")
         tmp.replace(card_path)
 
-    card.update(format=CARD_FORMAT, profile=profile, device=dev,
+    card.update(format=CARD_FORMAT, profile=profile, device=dev, complete=False,
                 task={"name": data.name, "n_per_class": npc, "n": data.n,
                       "n_test": int(len(data.y_test)), "source": data.source},
                 config={"train": tcfg.to_dict(), "recon_base": rcfg.to_dict(), "sweep": sw})
@@ -300,6 +308,7 @@ def reproduce(
     card["train"]["kkt_unexplained"] = card["margins"]["kkt_unexplained"]
     _plot(card, pooled.pool["one_to_one"], out, max_pairs)
     card["figures"] = ["pairs.png", "margins.png"]
+    card["complete"] = True
     wall["total"] = sum(v for k, v in wall.items()
                         if k in ("train", "sweep_trials_total", "pool") and v)
     save()

@@ -52,8 +52,16 @@ def test_reproduce_writes_card_and_figures_and_resumes(tmp_path, data_dir, monke
     assert "[reproduce] done" in capsys.readouterr().out
 
     # the Results chapter reads cards through load_cards / card_row
+    assert read_card(out)["complete"] is True
     cards = load_cards(tmp_path)
     assert len(cards) == 1 and cards[0]["_dir"] == str(out)
+    # a run still in progress is left out, with a warning
+    busy = tmp_path / "reproduce" / "busy"
+    busy.mkdir()
+    (busy / "card.json").write_text(json.dumps({"format": "recon-reproduce/1",
+                                                "complete": False}))
+    with pytest.warns(UserWarning, match="not finished"):
+        assert [c["_dir"] for c in load_cards(tmp_path)] == [str(out)]
     row = card_row(cards[0])
     assert row["n"] == 6 and row["trials pooled"] == 2
     one_to_one = read_card(out)["pool"]["counts"]["pool"]["one_to_one"]
