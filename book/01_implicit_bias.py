@@ -48,7 +48,7 @@
 # - Count equations against unknowns to predict when the reconstruction is identifiable, and
 #   see it recover the margin samples of a random-features network.
 #
-# **Runtime**: quick profile ~1 min on 2 CPU cores; full profile ~1 min on a GPU (the toy is
+# **Runtime**: quick profile ~1.5 min on 2 CPU cores; full profile ~1.5 min on a GPU (the toy is
 # the same in both profiles and runs on the CPU; results are cached after the first run).
 #
 # ## Setup
@@ -656,7 +656,7 @@ glue("unknowns", 3 * m, display=False)
 # trained (`MLP(..., frozen=(0,))`). The network
 # $\Phi(v;x)=\sum_k v_k\,\mathrm{relu}(w_k\cdot x+b_k) = v\cdot\phi(x)$ is homogeneous of
 # degree 1 in the trained parameters, so everything in Sections 2-4 applies with
-# $	heta = v$: it is a linear classifier on random features $\phi(x)$, and gradient descent
+# $\theta = v$: it is a linear classifier on random features $\phi(x)$, and gradient descent
 # on the logistic loss converges in direction to the maximum-margin (hard-SVM) solution in
 # feature space {cite:p}`soudry2018implicit`. Its stationarity equation reads
 #
