@@ -233,6 +233,9 @@ def cmd_sweep(args) -> None:
 
 
 def cmd_reproduce(args) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # figures go to files; the library leaves the caller's backend alone
     from .reproduce import reproduce
 
     if args.threads:

@@ -156,9 +156,6 @@ def margin_analysis(model, task, pool_eval) -> dict:
 
 
 def _plot(card: dict, pool_eval, out: Path, max_pairs: int) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
     from .plots import plot_pairs, set_style
