@@ -261,7 +261,6 @@ def reproduce(
 
     # 1. train ------------------------------------------------------------------------------
     say(f"1/4 train {data.name} n={data.n} for {tcfg.epochs} epochs -> {out / 'model.pt'}")
-    t0 = time.perf_counter()
     res = train_task(data, tcfg, checkpoint=out / "model.pt", device=dev, progress=progress)
     f = res.final()
     card["train"] = {"epochs_done": res.epoch, "train_error": f["train_error"],
