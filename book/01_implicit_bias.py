@@ -681,7 +681,7 @@ RF_TRAIN = dict(widths=(1000,), init_scale=1.0, lr=0.02, epochs=20000, dtype="fl
                 log_every=500)
 RF_RECON = dict(n_candidates=m, steps=3000, lr_x=0.01, lr_lambda=0.05, init_scale=0.5,
                 lambda_min=0.3, alpha=1000.0, optimizer="adam", box="paper", dtype="float64",
-                seed=0, log_every=25)
+                seed=0, log_every=25, subspace_tol=0.0)  # the first layer is frozen
 
 
 def random_features_net() -> MLP:

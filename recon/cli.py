@@ -115,7 +115,8 @@ def cmd_reconstruct(args) -> None:
         "n_candidates": args.candidates or 2 * task.n, "steps": args.steps, "lr_x": args.lr_x,
         "lr_lambda": args.lr_lambda, "init_scale": args.init_scale,
         "lambda_min": args.lambda_min, "alpha": args.alpha, "optimizer": args.optimizer,
-        "box": args.box, "seed": args.seed, "dtype": args.dtype}.items() if v is not None}
+        "box": args.box, "seed": args.seed, "dtype": args.dtype, "tv": args.tv}.items()
+        if v is not None}
     config = ReconConfig(**{**base.to_dict(), **overrides})
     steps = config.steps
     snaps = tuple(sorted({0, steps // 10, steps // 4, steps // 2, steps}))
@@ -244,7 +245,7 @@ def cmd_reproduce(args) -> None:
         reproduce(args.task, args.profile, args.out, n_per_class=args.n_per_class,
                   epochs=args.epochs, weight_decay=args.weight_decay, trials=args.trials,
                   pool=args.pool, steps=args.steps, objective=args.objective, space=args.space,
-                  device=args.device, progress=not args.quiet)
+                  tv=args.tv, device=args.device, progress=not args.quiet)
     except KeyboardInterrupt:
         print("interrupted: finished stages and sweep trials are kept; run the same command "
               "again to resume", file=sys.stderr)
@@ -288,6 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--box", choices=("valid", "paper"))
     r.add_argument("--dtype", choices=("float32", "float64"))
     r.add_argument("--seed", type=int)
+    r.add_argument("--tv", type=float, help="weight of a total-variation image prior, relative "
+                                            "to ||theta||^2 (default 0: off)")
     r.add_argument("--checkpoint-every", type=int, default=500)
     r.set_defaults(func=cmd_reconstruct)
 
@@ -358,6 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--trials", type=int, help="reconstruction runs in the sweep")
     rp.add_argument("--pool", type=int, help="pool the candidates of the best K trials")
     rp.add_argument("--steps", type=int, help="reconstruction steps per trial")
+    rp.add_argument("--tv", type=float, help="override the profile's total-variation prior weight")
     rp.add_argument("--objective", choices=("paper", "kkt", "agreement"),
                     help="sweep objective (default paper: the paper's oracle score)")
     rp.add_argument("--space", choices=("paper", "cpu"), help="sweep search space")

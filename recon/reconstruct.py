@@ -7,7 +7,8 @@ conditions of margin maximisation. The loss, term by term (METHOD.md):
     L_stat  = || theta - (1/m) grad_theta sum_j lambda_j y_j Phi(theta; x_j) ||^2
     L_lam   = 5 sum_j relu(lambda_min - lambda_j)^2
     L_prior = sum relu(x - hi)^2 + relu(lo - x)^2
-    L       = L_stat + L_lam + L_prior
+    L_tv    = tv ||theta||^2 mean_j TV(x_j)        (optional image prior, off by default)
+    L       = L_stat + L_lam + L_prior + L_tv
 
 ``L_stat`` contains a gradient, so minimising it over ``x`` needs the gradient of a gradient
 (double backward). The ReLU's derivative is a step whose own derivative is zero, so the
@@ -19,6 +20,13 @@ Adam, which on a CPU budget is what makes random starts converge to real images 
 FINDINGS.md). Two pixel boxes: the paper's ``[-1, 1]`` in mean-subtracted space, and the valid
 image range ``[-mean, 1 - mean]`` (it uses the training mean, which the paper's evaluation
 also assumes known).
+
+Two optional priors that use nothing but the weights and images' smoothness (both off by
+default, both measured in the Results chapter): ``subspace_tol`` keeps every candidate in the
+row space of the first layer's weights (:func:`first_layer_basis`): gradient descent only ever
+adds outer products ``g x_i^T`` to ``W1``, so with a small or decayed initialisation the
+training images lie in that space, whose dimension is about the number of training images
+that carry weight; ``tv`` adds a total-variation penalty against pixel noise.
 """
 
 from __future__ import annotations
@@ -42,12 +50,16 @@ __all__ = [
     "ReconResult",
     "kkt_loss_terms",
     "stationarity_loss",
+    "total_variation",
+    "first_layer_basis",
     "balanced_labels",
     "reconstruct",
     "load_reconstruction",
 ]
 
 RECON_FORMAT = "recon-reconstruction/1"
+# fields added after the format was fixed, with the value that files without them were run with
+_ADDED_FIELDS = {"tv": 0.0, "subspace_tol": 0.0}
 
 
 @dataclass
@@ -55,9 +67,11 @@ class ReconConfig:
     """Hyperparameters of one reconstruction run.
 
     The four that matter (tuned by random search in the paper): ``lr_x``, ``init_scale``,
-    ``lambda_min``, ``alpha``. The defaults are the recipe measured to recover MNIST digits
-    from random starts on a CPU (Adam, valid-range box, ``lr_lambda=1e-2``);
-    :meth:`paper` gives the paper's optimiser, box, multiplier learning rate and step count.
+    ``lambda_min``, ``alpha``. The defaults are the recipe measured to recover MNIST and
+    CIFAR-10 images from random starts on a CPU (Adam, valid-range box, ``lr_lambda=1e-2``,
+    candidates kept in the first layer's row space); :meth:`paper` gives the paper's
+    optimiser, box, multiplier learning rate and step count, without the subspace.
+    ``subspace_tol`` needs a trained first layer: set it to 0 for a frozen one.
     """
 
     n_candidates: int = 100
@@ -72,6 +86,10 @@ class ReconConfig:
     dtype: str = "float32"
     seed: int = 0
     log_every: int = 50
+    tv: float = 0.0  # weight of the total-variation prior, relative to ||theta||^2 (0: off)
+    # > 0: keep candidates in the row space of the first layer's weights (the directions
+    # with singular value above subspace_tol times the largest); 0: off (the paper)
+    subspace_tol: float = 3e-5
 
     def __post_init__(self) -> None:
         if self.n_candidates < 2:
@@ -85,6 +103,10 @@ class ReconConfig:
         for name in ("lr_x", "lr_lambda", "init_scale", "alpha"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
+        if not (0 <= self.subspace_tol < 1):
+            raise ValueError(f"subspace_tol must be in [0, 1), got {self.subspace_tol!r}")
+        if not (self.tv >= 0 and self.tv < float("inf")):
+            raise ValueError(f"tv must be a finite number >= 0, got {self.tv!r}")
         if self.steps < 0 or self.log_every <= 0:
             raise ValueError("steps must be >= 0 and log_every > 0")
 
@@ -92,7 +114,7 @@ class ReconConfig:
     def paper(cls, **overrides) -> ReconConfig:
         """The paper's optimiser and schedule, with hyperparameters from its good runs."""
         base = dict(steps=50_000, optimizer="sgd", box="paper", lr_lambda=1e-4, lr_x=0.1,
-                    init_scale=1e-2, lambda_min=0.45, alpha=20.0)
+                    init_scale=1e-2, lambda_min=0.45, alpha=20.0, subspace_tol=0.0, tv=0.0)
         return cls(**{**base, **overrides})
 
     def to_dict(self) -> dict:
@@ -155,6 +177,40 @@ def stationarity_loss(
     return sum((p.detach() - g).pow(2).sum() for p, g in zip(params, grads))
 
 
+def total_variation(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Isotropic total variation of each image, averaged over pixels: ``(m,)``.
+
+    ``mean_{c,h,w} sqrt((x[h+1,w] - x[h,w])^2 + (x[h,w+1] - x[h,w])^2 + eps)`` for ``x`` of
+    shape ``(m, C, H, W)``. Small for piecewise-smooth images, large for pixel noise.
+    """
+    if x.dim() != 4 or x.shape[-1] < 2 or x.shape[-2] < 2:
+        raise ValueError(f"total variation needs images (m, C, H, W) with H, W >= 2, got "
+                         f"shape {tuple(x.shape)}; set tv=0 for other inputs")
+    dh = x[:, :, 1:, :-1] - x[:, :, :-1, :-1]
+    dw = x[:, :, :-1, 1:] - x[:, :, :-1, :-1]
+    return (dh.pow(2) + dw.pow(2) + eps).sqrt().flatten(1).mean(1)
+
+
+def first_layer_basis(model: MLP, tol: float) -> torch.Tensor:
+    """Orthonormal basis ``(D, k)`` of the first layer's row space: the right singular vectors
+    of ``W1`` (flattened to ``(width, D)``) whose singular value exceeds ``tol`` times the
+    largest.
+
+    Gradient descent changes ``W1`` only by sums of outer products ``g_i x_i^T``, so once a
+    small initialisation is forgotten (weight decay) or negligible, every training image lies
+    in this space, and ``k`` is about the number of training images that carry weight.
+    """
+    if 0 in model.frozen:
+        raise ValueError("the first layer is frozen (not trained): its rows do not span the "
+                         "training images; set subspace_tol=0")
+    if not 0 < tol < 1:
+        raise ValueError(f"tol must be in (0, 1), got {tol!r}")
+    w = model.layers[0].weight.detach().double().cpu()
+    _, s, vh = torch.linalg.svd(w, full_matrices=False)
+    k = int((s > tol * s[0]).sum())
+    return vh[:k].T.contiguous()
+
+
 def kkt_loss_terms(
     model: MLP,
     x: torch.Tensor,
@@ -163,12 +219,24 @@ def kkt_loss_terms(
     config: ReconConfig,
     lo,
     hi,
+    theta2: float | None = None,
 ) -> dict[str, torch.Tensor]:
-    """The three loss terms and their sum: ``{"stat", "lam", "prior", "loss"}``."""
+    """The loss terms and their sum: ``{"stat", "lam", "prior", "tv", "loss"}``.
+
+    ``theta2`` (``||theta||^2``, computed if not given) scales the optional TV prior so that
+    its weight ``config.tv`` does not depend on the scale of the weights.
+    """
     stat = stationarity_loss(model, x, lam, y, config.alpha)
     lam_pen = 5 * torch.relu(config.lambda_min - lam).pow(2).sum()
     prior = torch.relu(x - hi).pow(2).sum() + torch.relu(lo - x).pow(2).sum()
-    return {"stat": stat, "lam": lam_pen, "prior": prior, "loss": stat + lam_pen + prior}
+    if config.tv > 0:
+        if theta2 is None:
+            theta2 = float(sum(p.detach().pow(2).sum() for p in model.theta()))
+        tv = config.tv * theta2 * total_variation(x).mean()
+    else:
+        tv = torch.zeros((), dtype=x.dtype, device=x.device)
+    return {"stat": stat, "lam": lam_pen, "prior": prior, "tv": tv,
+            "loss": stat + lam_pen + prior + tv}
 
 
 def _optimizers(config: ReconConfig, x: torch.Tensor, lam: torch.Tensor):
@@ -219,7 +287,8 @@ def load_reconstruction(path: str | os.PathLike) -> tuple[ReconResult, dict]:
         raise ValueError(f"{path} is not a recon reconstruction file ({RECON_FORMAT})")
     try:
         res = ReconResult(
-            x=raw["x"], lam=raw["lam"], y=raw["y"], config=ReconConfig(**raw["config"]),
+            x=raw["x"], lam=raw["lam"], y=raw["y"],
+            config=ReconConfig(**{**_ADDED_FIELDS, **raw["config"]}),
             history=raw["history"], snapshots={int(k): v for k, v in raw["snapshots"].items()},
             step=raw["step"], wall_time=raw["wall_time"],
         )
@@ -251,6 +320,8 @@ def reconstruct(
         x_init, lam_init, y: optional starting candidates ``(m, *input_shape)``, multipliers
             ``(m,)`` and labels ``(m,)`` in {-1, +1} (e.g. the true training set, as a positive
             control); by default ``x ~ N(0, 1) * init_scale``, ``lam ~ U(0, 1)``, balanced y.
+            With ``config.subspace_tol > 0`` every start, ``x_init`` included, is projected onto
+            the first layer's row space (use ``subspace_tol=0`` for an unconstrained control).
         snapshot_steps: steps at which to keep a copy of ``x`` (step 0 is the start).
         checkpoint: file to save the run to every ``checkpoint_every`` steps and at the end;
             if it exists (same config and same weights) the run resumes from it, and
@@ -285,18 +356,34 @@ def reconstruct(
         raise ValueError(f"lam_init and y must have shape ({m},)")
     if not bool(((y == 1) | (y == -1)).all()):
         raise ValueError("y must hold only -1 and +1")
-    x = x0.to(device, dtype).requires_grad_(True)
+    basis = None
+    if config.subspace_tol > 0:
+        basis = first_layer_basis(net, config.subspace_tol).to(device, dtype)
+
+    def candidates(u: torch.Tensor) -> torch.Tensor:
+        if basis is None:
+            return u
+        return ((u.flatten(1) @ basis) @ basis.T).view_as(u)
+
+    # with a basis, x is kept in its span: projected at the start and after every step
+    x0 = x0.to(device, dtype)
+    if basis is not None:
+        x0 = candidates(x0)
+        if x_init is None:  # a random start in the span, with the same expected norm
+            x0 = x0 * (x0[0].numel() / basis.shape[1]) ** 0.5
+    x = x0.requires_grad_(True)
     lam = lam0.to(device, dtype).clone().requires_grad_(True)
     y = y.to(device, dtype)
     lo, hi = _box(config, mean, x)
     opt_x, opt_l = _optimizers(config, x, lam)
 
-    res = ReconResult(x, lam, y.cpu(), config,
-                      {k: [] for k in ("step", "loss", "stat", "stat_rel", "lam_pen", "prior")})
+    keys = ("step", "loss", "stat", "stat_rel", "lam_pen", "prior", "tv")
+    res = ReconResult(x, lam, y.cpu(), config, {k: [] for k in keys})
     path = Path(checkpoint) if checkpoint else None
     if path is not None and path.is_file():
         prev, raw = load_reconstruction(path)
-        same = {k: v for k, v in raw["config"].items() if k != "steps"} == {
+        saved = {**_ADDED_FIELDS, **raw["config"]}  # files from before a field existed
+        same = {k: v for k, v in saved.items() if k != "steps"} == {
             k: v for k, v in config.to_dict().items() if k != "steps"}
         if not same or raw["theta_fingerprint"] != fingerprint:
             raise ValueError(
@@ -311,6 +398,8 @@ def reconstruct(
         opt_x.load_state_dict(raw["optimizers"][0])
         opt_l.load_state_dict(raw["optimizers"][1])
         res.history, res.snapshots = prev.history, prev.snapshots
+        if "tv" not in res.history:  # written before the TV prior existed
+            res.history["tv"] = [0.0] * len(res.history.get("step", []))
         res.step, res.wall_time = prev.step, prev.wall_time
     t0 = time.perf_counter() - res.wall_time
     if 0 in snapshot_steps and res.step == 0:
@@ -319,7 +408,7 @@ def reconstruct(
     bar = tqdm(range(res.step, config.steps), desc="reconstruct", disable=not progress,
                initial=res.step, total=config.steps)
     for step in bar:
-        terms = kkt_loss_terms(net, x, lam, y, config, lo, hi)
+        terms = kkt_loss_terms(net, candidates(x), lam, y, config, lo, hi, theta2)
         loss = terms["loss"]
         if not torch.isfinite(loss):
             raise FloatingPointError(
@@ -330,6 +419,9 @@ def reconstruct(
         x.grad, lam.grad = gx, gl
         opt_x.step()
         opt_l.step()
+        if basis is not None:
+            with torch.no_grad():
+                x.copy_(candidates(x))
         res.step = step + 1
         if step % config.log_every == 0 or res.step == config.steps:
             h = res.history
@@ -339,6 +431,7 @@ def reconstruct(
             h["stat_rel"].append(terms["stat"].item() / theta2)
             h["lam_pen"].append(terms["lam"].item())
             h["prior"].append(terms["prior"].item())
+            h["tv"].append(terms["tv"].item())
             bar.set_postfix(stat_rel=f"{h['stat_rel'][-1]:.3g}")
         if res.step in snapshot_steps:
             res.snapshots[res.step] = x.detach().cpu().clone()

@@ -205,6 +205,7 @@ def reproduce(
     steps: int | None = None,
     objective: str | None = None,
     space: str | None = None,
+    tv: float | None = None,
     device: str | None = None,
     progress: bool = True,
     max_pairs: int = 40,
@@ -234,7 +235,8 @@ def reproduce(
         "epochs": epochs, "weight_decay": weight_decay}.items() if v is not None})
     data = load_task(task, npc)
     rcfg = ReconConfig(**{**s["recon"].to_dict(), "n_candidates": 2 * data.n,
-                          **({"steps": steps} if steps else {})})
+                          **({"steps": steps} if steps else {}),
+                          **({"tv": tv} if tv is not None else {})})
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     out = Path(out) if out is not None else default_out(task, profile, data.n)
     out.mkdir(parents=True, exist_ok=True)

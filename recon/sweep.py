@@ -477,6 +477,16 @@ def _objective(ctx: _Ctx, trial) -> float:
     return value
 
 
+def _base_meta(base: ReconConfig) -> dict:
+    """The base config as stored with a study; options that are off and were added later (TV
+    prior, subspace) are left out, so studies started before they existed can be joined."""
+    d = base.to_dict()
+    for key in ("tv", "subspace_tol"):
+        if d.get(key) == 0:
+            del d[key]
+    return d
+
+
 def _check_study_meta(study, meta: dict) -> None:
     """Store the study's fixed settings on creation; on joining, refuse other settings."""
     if "format" not in study.user_attrs:
@@ -602,7 +612,7 @@ def run_study(
             sampler=_make_sampler(sampler, sampler_seed),
             pruner=_make_pruner(pruner, prune_startup, prune_warmup))
         meta = {"format": STUDY_FORMAT, "theta_fingerprint": fingerprint,
-                "objective": objective, "base_config": {**base.to_dict(), "seed": base.seed},
+                "objective": objective, "base_config": _base_meta(base),
                 "space": _space_to_json(space), "report_every": report_every, "k": k,
                 "task": {"name": task.name, "n": task.n}}
         _check_study_meta(study, meta)

@@ -11,10 +11,12 @@ from recon.reconstruct import (
     ReconConfig,
     ReconResult,
     balanced_labels,
+    first_layer_basis,
     kkt_loss_terms,
     load_reconstruction,
     reconstruct,
     stationarity_loss,
+    total_variation,
 )
 from recon.train import TrainConfig, train
 
@@ -114,7 +116,8 @@ def test_kkt_loss_terms_known_values():
     y = balanced_labels(2, torch.float64)
     cfg = _cfg(n_candidates=2, lambda_min=0.45)
     terms = kkt_loss_terms(model, x, lam, y, cfg, -1.0, 1.0)
-    assert set(terms) == {"stat", "lam", "prior", "loss"}
+    assert set(terms) == {"stat", "lam", "prior", "tv", "loss"}
+    assert terms["tv"].item() == 0.0  # the TV prior is off by default
     assert terms["lam"].item() == pytest.approx(5 * 0.35**2)  # only lam_0 < lambda_min
     assert terms["prior"].item() == pytest.approx(0.5**2 + 1.0**2)  # 1.5 > 1 and -2 < -1
     assert terms["stat"].item() == pytest.approx(
@@ -128,6 +131,90 @@ def test_kkt_loss_terms_known_values():
     # row 0: 1.0, 2.0, -, 0.9; row 1: -, 1.0, 0.19, -
     by_hand = 1.0**2 + 2.0**2 + 0.9**2 + 1.0**2 + 0.19**2
     assert valid["prior"].item() == pytest.approx(by_hand)
+
+
+def test_total_variation_known_values_and_scaling():
+    x = torch.zeros(2, 1, 3, 3, dtype=torch.float64)
+    x[1, 0, :, 2] = 1.0  # a vertical edge: on the 2x2 grid of forward differences,
+    # pixels (0,1) and (1,1) see a step of 1 to their right, the others see nothing
+    tv = total_variation(x, eps=0.0)
+    assert tv.tolist() == pytest.approx([0.0, 2 / 4])
+    noise = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    smooth = torch.linspace(0, 1, 8).expand(1, 3, 8, 8)
+    assert total_variation(noise).item() > 10 * total_variation(smooth).item()
+    with pytest.raises(ValueError, match="images"):
+        total_variation(torch.zeros(4, 10))
+
+
+def test_tv_prior_term_scales_with_theta_and_reaches_the_loss():
+    torch.manual_seed(0)
+    model = MLP((1, 4, 4), (5,), init_scale=1.0).double()
+    x = torch.randn(4, 1, 4, 4, dtype=torch.float64)
+    lam, y = torch.ones(4, dtype=torch.float64), balanced_labels(4, torch.float64)
+    cfg = _cfg(n_candidates=4, tv=0.5)
+    theta2 = float(sum(p.detach().pow(2).sum() for p in model.theta()))
+    terms = kkt_loss_terms(model, x, lam, y, cfg, -10.0, 10.0)
+    assert terms["tv"].item() == pytest.approx(0.5 * theta2 * total_variation(x).mean().item())
+    total = terms["stat"] + terms["lam"] + terms["prior"] + terms["tv"]
+    assert terms["loss"].item() == pytest.approx(total.item())
+    with pytest.raises(ValueError, match="tv"):
+        _cfg(tv=-1.0)
+
+
+def test_tv_prior_smooths_candidates():
+    """Same model, same start: the TV prior leaves candidates with lower total variation."""
+    torch.manual_seed(0)
+    model = MLP((1, 6, 6), (8,), init_scale=1.0)
+    runs = {}
+    for tv in (0.0, 0.05):
+        cfg = _cfg(n_candidates=4, steps=60, tv=tv, init_scale=0.5, box="paper")
+        runs[tv] = reconstruct(model, cfg, progress=False)
+    assert "tv" in runs[0.05].history and runs[0.0].history["tv"][-1] == 0.0
+    assert total_variation(runs[0.05].x).mean() < 0.8 * total_variation(runs[0.0].x).mean()
+
+
+def _model_with_rows_in_span(n: int = 3, seed: int = 0):
+    """A (1, 5, 5)-input MLP whose first-layer rows are combinations of n known images."""
+    g = torch.Generator().manual_seed(seed)
+    model = MLP((1, 5, 5), (12, 6), init_scale=1.0).double()
+    images = torch.randn(n, 1, 5, 5, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        model.layers[0].weight.copy_(torch.randn(12, n, generator=g, dtype=torch.float64)
+                                     @ images.flatten(1))
+    return model, images
+
+
+def test_first_layer_basis_finds_the_span_of_the_images():
+    model, images = _model_with_rows_in_span(n=3)
+    basis = first_layer_basis(model, 1e-8)
+    assert basis.shape == (25, 3)
+    torch.testing.assert_close(basis.T @ basis, torch.eye(3, dtype=torch.float64))
+    flat = images.flatten(1)
+    torch.testing.assert_close((flat @ basis) @ basis.T, flat)  # images lie in the span
+    with torch.no_grad():  # a generic first layer has full row rank
+        model.layers[0].weight.normal_()
+    assert first_layer_basis(model, 1e-8).shape == (25, 12)
+    model.freeze([0])
+    with pytest.raises(ValueError, match="frozen"):
+        first_layer_basis(model, 1e-8)
+
+
+def test_subspace_reconstruction_keeps_candidates_in_the_span():
+    model, images = _model_with_rows_in_span(n=3, seed=1)
+    basis = first_layer_basis(model, 1e-6)
+    res = reconstruct(model, _cfg(n_candidates=4, steps=30, subspace_tol=1e-6, box="paper"),
+                      snapshot_steps=(0, 30), progress=False)
+    flat = res.x.double().flatten(1)
+    torch.testing.assert_close((flat @ basis) @ basis.T, flat)
+    torch.testing.assert_close(res.snapshots[0].double().flatten(1) @ basis @ basis.T,
+                               res.snapshots[0].double().flatten(1))
+    assert not torch.allclose(res.snapshots[0], res.x)  # it moved, inside the span
+    free = reconstruct(model, _cfg(n_candidates=4, steps=30, box="paper", subspace_tol=0.0),
+                       progress=False)
+    off = free.x.double().flatten(1) - (free.x.double().flatten(1) @ basis) @ basis.T
+    assert off.norm() > 1e-3  # without the option, candidates leave the span
+    with pytest.raises(ValueError, match="subspace_tol"):
+        _cfg(subspace_tol=1.5)
 
 
 def test_balanced_labels():
@@ -174,7 +261,7 @@ def test_reconstruct_runs_and_decreases_loss(trained):
     res = reconstruct(model, cfg, snapshot_steps=(0, 30, 60), progress=False)
     assert isinstance(res, ReconResult)
     h = res.history
-    assert set(h) == {"step", "loss", "stat", "stat_rel", "lam_pen", "prior"}
+    assert set(h) == {"step", "loss", "stat", "stat_rel", "lam_pen", "prior", "tv"}
     assert h["step"] == list(range(0, 60, 5)) + [59]
     assert all(len(v) == len(h["step"]) for v in h.values())
     # measured: 44.2 -> 24.9, falling at every log
@@ -220,7 +307,9 @@ def test_reconstruct_float32(trained):
 def test_reconstruct_steps_zero_returns_start(trained):
     model, _, _ = trained
     x0 = torch.full((8, *SHAPE), 0.25, dtype=torch.float64)
-    res = reconstruct(model, _cfg(steps=0), x_init=x0, snapshot_steps=(0,), progress=False)
+    # (with the subspace on, a start outside the first layer's row space would be projected)
+    res = reconstruct(model, _cfg(steps=0, subspace_tol=0.0), x_init=x0, snapshot_steps=(0,),
+                      progress=False)
     assert torch.equal(res.x, x0) and torch.equal(res.snapshots[0], x0)
     assert res.history["step"] == []
 
