@@ -135,11 +135,12 @@ for name in TASKS:
     plt.show()
 
 # %% [markdown]
-# Read the red captions. On MNIST, several of them sit under a digit that is plainly the
-# training image (NCC above 0.9): SSIM's verdict, not the reconstruction, is what fails
-# there (chapter 4, Section 6). On CIFAR-10, several red cards show a recognisable object
-# under loud colour noise, below both thresholds: the colour noise lowers the correlation as
-# well, so on CIFAR-10 both criteria undercount what the eye accepts.
+# Read the captions against the pictures. On MNIST the best sixteen cards are the training
+# digits themselves, stroke for stroke; further down the ranking some cards pass SSIM while
+# showing a blend or another digit's layout, and their NCC says so (chapter 4, Section 6).
+# On CIFAR-10 the last cards are blends of several photographs: where one object dominates a
+# blend, its colours and layout can be enough for SSIM and still fall short for NCC, and
+# below both thresholds the eye finds at most a hint of the training image.
 #
 # The same items sorted by the multiplier instead (`filter_items(items, sort_by="lam")`):
 # the training images the network weights most, and whether they came back.
