@@ -5,6 +5,7 @@ import json
 import pytest
 
 from recon.cli import main
+from recon.reconstruct import ReconConfig
 from recon.reproduce import card_row, load_cards, read_card
 from recon.sweep import load_study
 
@@ -24,6 +25,9 @@ def test_reproduce_writes_card_and_figures_and_resumes(tmp_path, data_dir, monke
     assert card["sweep"]["states"] == {"COMPLETE": 2}
     # the first trial is the profile's recipe, not a sampled point
     assert card["config"]["recon_base"]["n_candidates"] == 12
+    # the library's recipe: candidates in the first layer's row space, no TV prior
+    assert card["config"]["recon_base"]["subspace_tol"] == ReconConfig().subspace_tol > 0
+    assert card["config"]["recon_base"]["tv"] == 0.0
     study = load_study(out, card["sweep"]["study_name"])
     first = min(study.trials, key=lambda t: t.number)
     assert first.params and first.params == {
@@ -66,6 +70,17 @@ def test_reproduce_writes_card_and_figures_and_resumes(tmp_path, data_dir, monke
     assert row["n"] == 6 and row["trials pooled"] == 2
     one_to_one = read_card(out)["pool"]["counts"]["pool"]["one_to_one"]
     assert row["NCC>0.9 (1-1)"] == one_to_one["ncc>0.9"]
+
+
+def test_cli_passes_the_tv_override_to_reproduce(monkeypatch):
+    import recon.reproduce
+
+    seen = {}
+    monkeypatch.setattr(recon.reproduce, "reproduce", lambda *a, **kw: seen.update(kw))
+    assert main(["reproduce", "mnist", "--tv", "0.02", "--quiet"]) == 0
+    assert seen["tv"] == 0.02
+    assert main(["reproduce", "mnist", "--quiet"]) == 0
+    assert seen["tv"] is None  # no override: the profile's value
 
 
 def test_read_card_rejects_other_json(tmp_path):
