@@ -110,6 +110,8 @@ def card_row(card: dict) -> dict:
         "KKT unexplained": tr.get("kkt_unexplained"),
         "trials pooled": len(card["pool"]["trials"]),
         "steps": card["config"]["recon_base"]["steps"],
+        # cards written before the option existed ran without it
+        "subspace": "yes" if card["config"]["recon_base"].get("subspace_tol", 0.0) > 0 else "no",
         "SSIM>0.4 (paper)": c["paper"]["ssim>0.4"],
         "SSIM>0.4 (1-1)": c["one_to_one"]["ssim>0.4"],
         "NCC>0.8 (1-1)": c["one_to_one"]["ncc>0.8"],

@@ -67,7 +67,7 @@ def test_reproduce_writes_card_and_figures_and_resumes(tmp_path, data_dir, monke
     with pytest.warns(UserWarning, match="not finished"):
         assert [c["_dir"] for c in load_cards(tmp_path)] == [str(out)]
     row = card_row(cards[0])
-    assert row["n"] == 6 and row["trials pooled"] == 2
+    assert row["n"] == 6 and row["trials pooled"] == 2 and row["subspace"] == "yes"
     one_to_one = read_card(out)["pool"]["counts"]["pool"]["one_to_one"]
     assert row["NCC>0.9 (1-1)"] == one_to_one["ncc>0.9"]
 
