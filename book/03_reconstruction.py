@@ -426,15 +426,15 @@ for ax, name in zip(axes, TASKS):
     ax.set_title(f"{PRETTY[name]}: rank {basis.shape[1]} of {basis.shape[0]}", fontsize=9)
     ax.legend(fontsize=8)
     glue(f"rank_{name}", basis.shape[1], display=False)
-    glue(f"n_{name}", len(x), display=False)
+    glue(f"rank_n_{name}", len(x), display=False)
     glue(f"inside_{name}", float(inside.min()), display=False)
 fig.tight_layout()
 plt.show()
 
 # %% [markdown]
 # The singular values of $W_1$ fall off a cliff: the first layer of the MNIST model has rank
-# {glue:text}`rank_mnist` for {glue:text}`n_mnist` training images, the CIFAR-10 model's
-# {glue:text}`rank_cifar10` for {glue:text}`n_cifar10`. That is $n-1$, not $n$, because the
+# {glue:text}`rank_mnist` for {glue:text}`rank_n_mnist` training images, the CIFAR-10 model's
+# {glue:text}`rank_cifar10` for {glue:text}`rank_n_cifar10`. That is $n-1$, not $n$, because the
 # images are centred on their own mean: they sum to zero and so span $n-1$ dimensions. Every
 # training image keeps at least {glue:text}`inside_mnist:.1%` (MNIST) and
 # {glue:text}`inside_cifar10:.1%` (CIFAR-10) of its energy inside that span. The rank alone

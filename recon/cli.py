@@ -115,7 +115,8 @@ def cmd_reconstruct(args) -> None:
         "n_candidates": args.candidates or 2 * task.n, "steps": args.steps, "lr_x": args.lr_x,
         "lr_lambda": args.lr_lambda, "init_scale": args.init_scale,
         "lambda_min": args.lambda_min, "alpha": args.alpha, "optimizer": args.optimizer,
-        "box": args.box, "seed": args.seed, "dtype": args.dtype, "tv": args.tv}.items()
+        "box": args.box, "seed": args.seed, "dtype": args.dtype, "tv": args.tv,
+        "subspace_tol": args.subspace_tol}.items()
         if v is not None}
     config = ReconConfig(**{**base.to_dict(), **overrides})
     steps = config.steps
@@ -291,6 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int)
     r.add_argument("--tv", type=float, help="weight of a total-variation image prior, relative "
                                             "to ||theta||^2 (default 0: off)")
+    r.add_argument("--subspace-tol", type=float,
+                   help="keep candidates in the first layer's row space (singular values above "
+                        "this times the largest; 0: off, needed for a frozen first layer)")
     r.add_argument("--checkpoint-every", type=int, default=500)
     r.set_defaults(func=cmd_reconstruct)
 

@@ -21,6 +21,7 @@ def test_train_reconstruct_evaluate_writes_a_run_directory(tmp_path, data_dir, m
     card = json.loads((run / "run.json").read_text())
     assert card["task"]["n"] == 8
     assert card["reconstruct"]["config"]["n_candidates"] == 16  # 2n by default
+    assert card["reconstruct"]["config"]["subspace_tol"] > 0  # the cpu preset's row space
     assert card["train"]["epochs_done"] == 300
     assert set(card["evaluate"]) == {"paper", "one_to_one", "baseline_first_layer"}
     assert card["provenance"]["torch"]
