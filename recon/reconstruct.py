@@ -21,12 +21,12 @@ FINDINGS.md). Two pixel boxes: the paper's ``[-1, 1]`` in mean-subtracted space,
 image range ``[-mean, 1 - mean]`` (it uses the training mean, which the paper's evaluation
 also assumes known).
 
-Two optional priors that use nothing but the weights and images' smoothness (both off by
-default, both measured in the Results chapter): ``subspace_tol`` keeps every candidate in the
-row space of the first layer's weights (:func:`first_layer_basis`): gradient descent only ever
-adds outer products ``g x_i^T`` to ``W1``, so with a small or decayed initialisation the
-training images lie in that space, whose dimension is about the number of training images
-that carry weight; ``tv`` adds a total-variation penalty against pixel noise.
+Two priors beyond the paper's (both measured in the Results chapter): ``subspace_tol`` (on by
+default, off in :meth:`ReconConfig.paper`) keeps every candidate in the row space of the first
+layer's weights (:func:`first_layer_basis`): gradient descent only ever adds outer products
+``g x_i^T`` to ``W1``, so with a small or decayed initialisation the training images lie in
+that space, whose dimension is about the number of training images that carry weight; ``tv``
+(off by default) adds a total-variation penalty against pixel noise.
 """
 
 from __future__ import annotations
@@ -360,7 +360,7 @@ def reconstruct(
     if config.subspace_tol > 0:
         basis = first_layer_basis(net, config.subspace_tol).to(device, dtype)
 
-    def candidates(u: torch.Tensor) -> torch.Tensor:
+    def project(u: torch.Tensor) -> torch.Tensor:
         if basis is None:
             return u
         return ((u.flatten(1) @ basis) @ basis.T).view_as(u)
@@ -368,7 +368,7 @@ def reconstruct(
     # with a basis, x is kept in its span: projected at the start and after every step
     x0 = x0.to(device, dtype)
     if basis is not None:
-        x0 = candidates(x0)
+        x0 = project(x0)
         if x_init is None:  # a random start in the span, with the same expected norm
             x0 = x0 * (x0[0].numel() / basis.shape[1]) ** 0.5
     x = x0.requires_grad_(True)
@@ -408,7 +408,7 @@ def reconstruct(
     bar = tqdm(range(res.step, config.steps), desc="reconstruct", disable=not progress,
                initial=res.step, total=config.steps)
     for step in bar:
-        terms = kkt_loss_terms(net, candidates(x), lam, y, config, lo, hi, theta2)
+        terms = kkt_loss_terms(net, project(x), lam, y, config, lo, hi, theta2)
         loss = terms["loss"]
         if not torch.isfinite(loss):
             raise FloatingPointError(
@@ -421,7 +421,7 @@ def reconstruct(
         opt_l.step()
         if basis is not None:
             with torch.no_grad():
-                x.copy_(candidates(x))
+                x.copy_(project(x))
         res.step = step + 1
         if step % config.log_every == 0 or res.step == config.steps:
             h = res.history
