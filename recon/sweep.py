@@ -73,7 +73,7 @@ import torch
 from .evaluate import Evaluation, evaluate_both, sweep_score
 from .models import MLP
 from .provenance import provenance
-from .reconstruct import ReconConfig, reconstruct, stationarity_loss
+from .reconstruct import _ADDED_FIELDS, ReconConfig, reconstruct, stationarity_loss
 
 __all__ = [
     "OBJECTIVES",
@@ -481,8 +481,8 @@ def _base_meta(base: ReconConfig) -> dict:
     """The base config as stored with a study; options that are off and were added later (TV
     prior, subspace) are left out, so studies started before they existed can be joined."""
     d = base.to_dict()
-    for key in ("tv", "subspace_tol"):
-        if d.get(key) == 0:
+    for key, off in _ADDED_FIELDS.items():
+        if d.get(key) == off:
             del d[key]
     return d
 
