@@ -80,7 +80,7 @@ def cmd_train(args) -> None:
     config = TrainConfig(
         widths=tuple(int(w) for w in args.widths.split(",")), init_scale=args.init_scale,
         lr=args.lr, weight_decay=args.weight_decay, epochs=args.epochs, dtype=args.dtype,
-        seed=args.seed, log_every=args.log_every,
+        seed=args.seed, log_every=args.log_every, matmul=args.matmul,
     )
     res = train_task(task, config, checkpoint=run / "model.pt", device=args.device,
                      checkpoint_every=args.checkpoint_every, progress=not args.quiet)
@@ -116,7 +116,7 @@ def cmd_reconstruct(args) -> None:
         "lr_lambda": args.lr_lambda, "init_scale": args.init_scale,
         "lambda_min": args.lambda_min, "alpha": args.alpha, "optimizer": args.optimizer,
         "box": args.box, "seed": args.seed, "dtype": args.dtype, "tv": args.tv,
-        "subspace_tol": args.subspace_tol}.items()
+        "subspace_tol": args.subspace_tol, "matmul": args.matmul}.items()
         if v is not None}
     config = ReconConfig(**{**base.to_dict(), **overrides})
     steps = config.steps
@@ -190,7 +190,8 @@ def cmd_sweep(args) -> None:
     overrides = {k: v for k, v in {
         "n_candidates": args.candidates or 2 * task.n, "steps": args.steps,
         "lr_lambda": args.lr_lambda, "optimizer": args.optimizer, "box": args.box,
-        "seed": args.seed, "dtype": args.dtype}.items() if v is not None}
+        "seed": args.seed, "dtype": args.dtype, "matmul": args.matmul}.items()
+        if v is not None}
     base = ReconConfig(**{**base.to_dict(), **overrides})
     storage = args.storage or os.environ.get("RECON_SWEEP_STORAGE") or None
     try:
@@ -246,14 +247,22 @@ def cmd_reproduce(args) -> None:
         reproduce(args.task, args.profile, args.out, n_per_class=args.n_per_class,
                   epochs=args.epochs, weight_decay=args.weight_decay, trials=args.trials,
                   pool=args.pool, steps=args.steps, objective=args.objective, space=args.space,
-                  tv=args.tv, device=args.device, progress=not args.quiet)
+                  tv=args.tv, matmul=args.matmul, device=args.device,
+                  progress=not args.quiet)
     except KeyboardInterrupt:
         print("interrupted: finished stages and sweep trials are kept; run the same command "
               "again to resume", file=sys.stderr)
         raise SystemExit(130) from None
 
 
+MATMUL_HELP = ("precision of the matrix products: auto (bfloat16 on CPUs with AMX / AVX-512 "
+               "BF16 and on Ampere or newer GPUs, else full), full, bfloat16, float16")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from .hardware import PRECISIONS
+    from .train import TrainConfig
+
     p = argparse.ArgumentParser(prog="python -m recon", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
@@ -270,6 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=int, default=10_000, help="paper: 1000000")
     t.add_argument("--dtype", choices=("float32", "float64"), default="float64")
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--matmul", choices=PRECISIONS, default=TrainConfig().matmul,
+                   help=MATMUL_HELP)
     t.add_argument("--log-every", type=int, default=100)
     t.add_argument("--checkpoint-every", type=int, default=1000)
     t.set_defaults(func=cmd_train)
@@ -295,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--subspace-tol", type=float,
                    help="keep candidates in the first layer's row space (singular values above "
                         "this times the largest; 0: off, needed for a frozen first layer)")
+    r.add_argument("--matmul", choices=PRECISIONS, help=MATMUL_HELP)
     r.add_argument("--checkpoint-every", type=int, default=500)
     r.set_defaults(func=cmd_reconstruct)
 
@@ -334,6 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--box", choices=("valid", "paper"))
     w.add_argument("--dtype", choices=("float32", "float64"))
     w.add_argument("--seed", type=int, help="trial t uses seed + t")
+    w.add_argument("--matmul", choices=PRECISIONS, help=MATMUL_HELP)
     w.add_argument("--pruner", choices=("median", "hyperband", "none"), default="median")
     w.add_argument("--report-every", type=int, help="steps between intermediate values "
                                                     "(default steps/10)")
@@ -369,6 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--objective", choices=("paper", "kkt", "agreement"),
                     help="sweep objective (default paper: the paper's oracle score)")
     rp.add_argument("--space", choices=("paper", "cpu"), help="sweep search space")
+    rp.add_argument("--matmul", choices=PRECISIONS,
+                    help=MATMUL_HELP + " (training and reconstruction)")
     rp.add_argument("--threads", type=int, help="torch CPU threads")
     rp.set_defaults(func=cmd_reproduce)
 

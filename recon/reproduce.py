@@ -208,6 +208,7 @@ def reproduce(
     objective: str | None = None,
     space: str | None = None,
     tv: float | None = None,
+    matmul: str | None = None,
     device: str | None = None,
     progress: bool = True,
     max_pairs: int = 40,
@@ -234,11 +235,13 @@ def reproduce(
         raise ValueError("trials and pool must be >= 1")
     npc = n_per_class or s["n_per_class"]
     tcfg = dataclasses.replace(s["train"], **{k: v for k, v in {
-        "epochs": epochs, "weight_decay": weight_decay}.items() if v is not None})
+        "epochs": epochs, "weight_decay": weight_decay, "matmul": matmul}.items()
+        if v is not None})
     data = load_task(task, npc)
     rcfg = ReconConfig(**{**s["recon"].to_dict(), "n_candidates": 2 * data.n,
                           **({"steps": steps} if steps else {}),
-                          **({"tv": tv} if tv is not None else {})})
+                          **({"tv": tv} if tv is not None else {}),
+                          **({"matmul": matmul} if matmul is not None else {})})
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     out = Path(out) if out is not None else default_out(task, profile, data.n)
     out.mkdir(parents=True, exist_ok=True)

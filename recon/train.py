@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .hardware import HALF, PRECISIONS, keep_freed_memory, resolve_precision
 from .models import MLP, check_supported
 from .provenance import provenance
 
@@ -41,6 +42,7 @@ __all__ = [
 ]
 
 CHECKPOINT_FORMAT = "recon-mlp/1"
+_ADDED_FIELDS = {"matmul": "full"}
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
@@ -65,11 +67,17 @@ class TrainConfig:
     dtype: str = "float64"
     seed: int = 0
     log_every: int = 100
+    # precision of the matrix products of each epoch: "full" (dtype), "bfloat16" / "float16"
+    # (torch.autocast; weights, loss and updates stay in dtype), or "auto": bfloat16 where the
+    # hardware multiplies it fast, else full
+    matmul: str = "full"
 
     def __post_init__(self) -> None:
         self.widths = tuple(int(w) for w in self.widths)
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        if self.matmul not in PRECISIONS:
+            raise ValueError(f"matmul must be one of {PRECISIONS}, got {self.matmul!r}")
         if self.lr <= 0 or self.epochs < 0 or self.weight_decay < 0:
             raise ValueError("lr must be > 0, epochs >= 0 and weight_decay >= 0")
         if self.log_every <= 0:
@@ -117,9 +125,17 @@ def margins(model: MLP, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return y * model(x)
 
 
-def logistic_loss(model: MLP, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Mean binary logistic loss ``mean log(1 + exp(-y Phi(x)))``."""
-    return F.softplus(-margins(model, x, y)).mean()
+def logistic_loss(model: MLP, x: torch.Tensor, y: torch.Tensor, autocast=None) -> torch.Tensor:
+    """Mean binary logistic loss ``mean log(1 + exp(-y Phi(x)))``.
+
+    ``autocast``: a half dtype for the network's matrix products (``torch.autocast``); the
+    logits are brought back to ``y``'s precision before the loss.
+    """
+    if autocast is None:
+        return F.softplus(-margins(model, x, y)).mean()
+    with torch.autocast(x.device.type, dtype=autocast):
+        out = model(x)
+    return F.softplus(-y * out.to(y.dtype)).mean()
 
 
 def _param_norm2(model: MLP) -> float:
@@ -211,7 +227,7 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> tuple[TrainR
             raise CheckpointError(f"{path}: parameter {name} holds NaN or inf")
     cfg = raw.get("config", {})
     known = {f.name for f in dataclasses.fields(TrainConfig)}
-    config = TrainConfig(**{k: v for k, v in cfg.items() if k in known})
+    config = TrainConfig(**{**_ADDED_FIELDS, **{k: v for k, v in cfg.items() if k in known}})
     result = TrainResult(model, config, {k: list(v) for k, v in raw.get("history", {}).items()},
                          int(raw.get("epoch", 0)), float(raw.get("wall_time", 0.0)))
     return result, raw
@@ -254,6 +270,9 @@ def train(
     # float64 training slows ~10x once activations become denormal; flushing them to zero is
     # harmless here. Note: this is a process-wide PyTorch setting and stays on afterwards.
     torch.set_flush_denormal(True)
+    half = HALF.get(resolve_precision(config.matmul, dev, dt))
+    if dev.type == "cpu":
+        keep_freed_memory()
 
     opt = torch.optim.SGD(model.theta(), lr=config.lr, weight_decay=config.weight_decay)
     if optimizer_state:
@@ -271,7 +290,7 @@ def train(
     bar = tqdm(range(result.epoch, config.epochs), desc="train", disable=not progress,
                initial=result.epoch, total=config.epochs)
     for epoch in bar:
-        loss = logistic_loss(model, x, y)
+        loss = logistic_loss(model, x, y, half)
         if epoch % config.log_every == 0:
             _log(model, x, y, x_test, y_test, result.history, epoch, loss.item(), callback)
             bar.set_postfix(loss=f"{loss.item():.3g}", err=result.history["train_error"][-1])
@@ -314,7 +333,8 @@ def train_task(
     if checkpoint and resume and Path(checkpoint).is_file():
         prev, raw = load_checkpoint(checkpoint)
         mine = {k: v for k, v in config.to_dict().items() if k != "epochs"}
-        theirs = {k: v for k, v in raw["config"].items() if k != "epochs"}
+        # fields added later, with the value that checkpoints without them were trained with
+        theirs = {**_ADDED_FIELDS, **{k: v for k, v in raw["config"].items() if k != "epochs"}}
         if mine != theirs:
             raise CheckpointError(
                 f"{checkpoint} was written with a different config ({theirs}); "

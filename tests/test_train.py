@@ -362,3 +362,40 @@ def test_load_checkpoint_nan_weights(tmp_path):
 
 def test_checkpoint_error_is_a_value_error():
     assert issubclass(CheckpointError, ValueError)
+
+
+# --------------------------------------------------------------------------- precision
+
+
+def test_bfloat16_products_train_like_full_precision():
+    """matmul="bfloat16" (autocast) separates the data and lands near the float32 run; the
+    weights stay float32."""
+    x, y = _blobs()
+    runs = {}
+    for mm in ("full", "bfloat16"):
+        torch.manual_seed(0)
+        model = MLP((1, 2, 2), (8, 6), init_scale=0.1)
+        runs[mm] = train(model, x.float(), y.float(),
+                         _config(dtype="float32", matmul=mm, epochs=150), progress=False)
+    half, full = runs["bfloat16"], runs["full"]
+    assert half.final()["train_error"] == 0.0
+    assert all(p.dtype == torch.float32 for p in half.model.parameters())
+    assert half.final()["loss"] == pytest.approx(full.final()["loss"], rel=0.05)
+    assert half.final()["loss"] != full.final()["loss"]  # the products did change
+    loss_half = logistic_loss(half.model, x.float(), y.float(), torch.bfloat16)
+    assert loss_half.dtype == torch.float32
+
+
+def test_train_config_matmul_validation_and_old_checkpoints(tmp_path):
+    with pytest.raises(ValueError, match="matmul must be one of"):
+        TrainConfig(matmul="bf16")
+    # a checkpoint written before the option existed resumes as full precision
+    task = _task()
+    path = tmp_path / "run.pt"
+    train_task(task, _config(epochs=20), checkpoint=path, progress=False)
+    _tamper(path, lambda raw: raw["config"].pop("matmul"))
+    assert load_checkpoint(path)[0].config.matmul == "full"
+    assert train_task(task, _config(epochs=40), checkpoint=path, progress=False).epoch == 40
+    with pytest.raises(CheckpointError, match="different config"):
+        train_task(task, _config(epochs=60, matmul="bfloat16"), checkpoint=path,
+                   progress=False)
