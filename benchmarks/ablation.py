@@ -13,11 +13,15 @@ Studies:
 * ``precision``: the matrix products of every step in the working precision (``matmul="full"``)
   or in bfloat16. With ``--control`` it also runs the positive control in each precision:
   started at the true training images with their KKT multipliers (m = n), how many stay
-  recovered (one-to-one NCC > 0.9), and where the residual ends.
+  recovered (one-to-one NCC > 0.9), and where the residual ends;
+* ``custom``: variants given on the command line, ``--variant NAME:key=value,key=value``
+  (fields of ``ReconConfig``; ``m_per_n=4`` sets ``n_candidates = 4n``).
 
     python benchmarks/ablation.py subspace results/reproduce/mnist-quick-n50 \\
         results/reproduce/cifar10-quick-n20 --seeds 0 1 2
     python benchmarks/ablation.py precision RUN... --seeds 0 1 2 --control
+    python benchmarks/ablation.py custom RUN --variant "10k steps:steps=10000" \
+        --variant "m=4n:m_per_n=4" --out results/ablation/mnist-n500.json
 
 Results go to ``results/ablation/STUDY.json``. Finished (run, variant, seed) entries are kept
 and skipped when the command is run again, so an interrupted ablation resumes.
@@ -43,6 +47,7 @@ from recon.stationarity import Stationarity
 from recon.train import load_checkpoint
 
 STUDIES = {
+    "custom": {},
     "subspace": {"subspace": {}, "no subspace": {"subspace_tol": 0.0}},
     "precision": {"full": {"matmul": "full"}, "bfloat16": {"matmul": "bfloat16"}},
 }
@@ -67,6 +72,32 @@ def _task_and_model(run: Path):
     return load_task(t["name"], t["n_per_class"], 5), trained, steps
 
 
+def _parse_variants(specs: list[str]) -> dict[str, dict]:
+    if not specs:
+        raise SystemExit("error: the custom study needs at least one --variant NAME:key=value")
+    out = {}
+    for spec in specs:
+        name, _, body = spec.partition(":")
+        over = {}
+        for item in filter(None, body.split(",")):
+            key, _, value = item.partition("=")
+            for cast in (int, float):
+                try:
+                    value = cast(value)
+                    break
+                except ValueError:
+                    pass
+            over[key.strip()] = value
+        out[name] = over
+    return out
+
+
+def _config(task, steps: int, seed: int, over: dict) -> ReconConfig:
+    over = dict(over)
+    m = int(over.pop("m_per_n", 2) * task.n)
+    return ReconConfig(**{"n_candidates": m, "steps": steps, "seed": seed, **over})
+
+
 def _counts(x, task) -> dict:
     return {m: e.counts() for m, e in evaluate_both(x, task.x_train, task.mean).items()}
 
@@ -88,6 +119,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--steps", type=int, help="reconstruction steps (default: the card's, "
                                               "else the library's default)")
+    ap.add_argument("--variant", action="append", default=[],
+                    help="custom study: NAME:key=value,key=value (repeatable)")
     ap.add_argument("--control", action="store_true",
                     help="also run the positive control (start at the training set)")
     ap.add_argument("--out", help="default results/ablation/STUDY.json")
@@ -97,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
 
     out = Path(args.out or f"results/ablation/{args.study}.json")
-    variants = STUDIES[args.study]
+    variants = STUDIES[args.study] if args.study != "custom" else _parse_variants(args.variant)
     payload = json.loads(out.read_text()) if out.is_file() else {
         "format": "recon-ablation/1", "what": f"{args.study}: {' vs '.join(variants)}, "
                                               "same seeds", "entries": []}
@@ -123,8 +156,7 @@ def main(argv: list[str] | None = None) -> None:
             for seed in args.seeds:
                 if (run.name, variant, seed) in done:
                     continue
-                cfg = ReconConfig(**{"n_candidates": 2 * task.n, "steps": steps, "seed": seed,
-                                     **over})
+                cfg = _config(task, steps, seed, over)
                 t0 = time.perf_counter()
                 res = reconstruct(model, cfg, mean=task.mean, progress=False)
                 record({**common, "variant": variant, "seed": seed, "config": cfg.to_dict(),
@@ -137,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
             # positive control: the true images with their KKT multipliers (m = n)
             x, y = task.x_train.to(model.layers[0].weight), task.y_train
             diag = kkt_diagnostic(model, x, y.to(x))
-            cfg = ReconConfig(**{"n_candidates": task.n, "steps": steps, "seed": 0, **over})
+            cfg = _config(task, steps, 0, {**over, "m_per_n": 1})
             t0 = time.perf_counter()
             res = reconstruct(model, cfg, mean=task.mean, x_init=task.x_train,
                               lam_init=task.n * diag.lam, y=y, progress=False)

@@ -15,6 +15,8 @@ Routes (``--routes``, default all):
 * ``weight_decay``: lr 0.1, weight decay 2e-2: the quick profile's route.
 * ``small_init``: no weight decay, but the deeper layers start at scale 1e-3 instead of
   PyTorch's default (whose 1000x1000 layer alone has ``||W2||^2 ~ 333``), lr 0.1.
+* ``wd_1e-2``, ``wd_5e-3``: lr 0.1 with weight decay 1e-2 or 5e-3, for n = 500 (where 2e-2
+  is too strong to fit every training image).
 
 Every route checkpoints to ``OUT/<route>/model.pt`` and resumes; a longer ``--epochs`` extends
 a finished run. Results: ``OUT/<route>.json`` (config, history with ``kkt_epoch`` /
@@ -40,9 +42,12 @@ ROUTES = {
     "paper_lr0.1": dict(lr=0.1, weight_decay=0.0, init_scale=1e-4),
     "weight_decay": dict(lr=0.1, weight_decay=2e-2, init_scale=1e-4),
     "small_init": dict(lr=0.1, weight_decay=0.0, init_scale=1e-4, deep_init_scale=1e-3),
+    # the n = 500 routes: half the quick profile's weight decay fits all 500 images
+    "wd_1e-2": dict(lr=0.1, weight_decay=1e-2, init_scale=1e-4),
+    "wd_5e-3": dict(lr=0.1, weight_decay=5e-3, init_scale=1e-4),
 }
 DEFAULT_EPOCHS = {"paper": 150_000, "paper_lr0.1": 50_000, "weight_decay": 3000,
-                  "small_init": 20_000}
+                  "small_init": 20_000, "wd_1e-2": 20_000, "wd_5e-3": 40_000}
 
 
 def kkt_epochs(total: int) -> list[int]:

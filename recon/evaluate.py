@@ -313,24 +313,34 @@ class Evaluation:
     n_train: int = 0
     n_candidates: int = 0
     distance: Tensor | None = None  # (k,) matching distance of each pair
+    # (k,) correlation of the mean-subtracted images (stricter: the training mean alone
+    # correlates with every image once added back)
+    ncc0: Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.ssim.numel())
 
-    def count(self, ssim_above: float | None = None, ncc_above: float | None = None) -> int:
-        """Number of pairs with SSIM > ``ssim_above`` and NCC > ``ncc_above`` (strict; a
-        criterion left as None is not applied; both None counts all pairs)."""
+    def count(self, ssim_above: float | None = None, ncc_above: float | None = None,
+              ncc0_above: float | None = None) -> int:
+        """Number of pairs with SSIM > ``ssim_above``, NCC > ``ncc_above`` and mean-subtracted
+        NCC > ``ncc0_above`` (strict; a criterion left as None is not applied; all None
+        counts all pairs)."""
         keep = torch.ones_like(self.ssim, dtype=torch.bool)
         if ssim_above is not None:
             keep &= self.ssim > ssim_above
         if ncc_above is not None:
             keep &= self.ncc > ncc_above
+        if ncc0_above is not None:
+            keep &= self.ncc0 > ncc0_above
         return int(keep.sum())
 
     def counts(self) -> dict[str, int]:
-        """Counts at the usual thresholds, e.g. ``{"ssim>0.4": 12, ..., "ncc>0.9": 7}``."""
+        """Counts at the usual thresholds, e.g. ``{"ssim>0.4": 12, ..., "ncc>0.9": 7,
+        "ncc0>0.9": 5}`` (``ncc0``: correlation of the mean-subtracted images)."""
         out = {f"ssim>{t}": self.count(ssim_above=t) for t in SSIM_THRESHOLDS}
         out.update({f"ncc>{t}": self.count(ncc_above=t) for t in NCC_THRESHOLDS})
+        if self.ncc0 is not None:
+            out.update({f"ncc0>{t}": self.count(ncc0_above=t) for t in NCC_THRESHOLDS})
         return out
 
     def to_dict(self) -> dict:
@@ -352,6 +362,7 @@ class Evaluation:
             "candidate_index": [int(i) for i in self.candidate_index],
             "ssim": [float(s) for s in self.ssim],
             "ncc": [float(s) for s in self.ncc],
+            **({"ncc0": [float(s) for s in self.ncc0]} if self.ncc0 is not None else {}),
         }
 
 
@@ -382,6 +393,7 @@ def _from_distances(
     recon = minmax_scale(recon_full)
     ssim = ssim_pairs(recon, original)
     ncc = ncc_pairs(recon_full, original)
+    ncc0 = ncc_pairs(candidates[cand_idx], x_train[train_idx])
 
     order = torch.argsort(ssim, descending=True, stable=True)
 
@@ -400,6 +412,7 @@ def _from_distances(
         n_train=int(x_train.shape[0]),
         n_candidates=int(candidates.shape[0]),
         distance=cpu(pair_dist),
+        ncc0=cpu(ncc0),
     )
 
 

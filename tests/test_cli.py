@@ -22,6 +22,19 @@ def test_train_reconstruct_evaluate_writes_a_run_directory(tmp_path, data_dir, m
     assert card["task"]["n"] == 8
     assert card["reconstruct"]["config"]["n_candidates"] == 16  # 2n by default
     assert card["reconstruct"]["config"]["subspace_tol"] > 0  # the cpu preset's row space
+    assert card["reconstruct"]["config"]["matmul"] == "auto"
+    assert card["train"]["config"]["matmul"] == "full"
+    # another config on the same reconstruction file is refused, not overwritten ...
+    assert main(["reconstruct", "--steps", "5", "--matmul", "full", *common]) == 2
+    # ... and in a run directory of its own --matmul reaches the config
+    other = tmp_path / "other"
+    other.mkdir()
+    for name in ("model.pt", "run.json"):
+        (other / name).write_bytes((run / name).read_bytes())
+    assert main(["reconstruct", "--steps", "5", "--matmul", "full", "--run", str(other),
+                 "--quiet"]) == 0
+    card = json.loads((other / "run.json").read_text())
+    assert card["reconstruct"]["config"]["matmul"] == "full"
     assert card["train"]["epochs_done"] == 300
     assert set(card["evaluate"]) == {"paper", "one_to_one", "baseline_first_layer"}
     assert card["provenance"]["torch"]

@@ -178,7 +178,7 @@ def test_identical_images_score_ssim_one_and_ncc_one(c):
     assert torch.allclose(ev.ssim, torch.ones(12), atol=1e-5)
     assert torch.allclose(ev.ncc, torch.ones(12), atol=1e-5)
     assert ev.counts() == {"ssim>0.3": 12, "ssim>0.4": 12, "ssim>0.5": 12, "ssim>0.6": 12,
-                           "ncc>0.8": 12, "ncc>0.9": 12}
+                           "ncc>0.8": 12, "ncc>0.9": 12, "ncc0>0.8": 12, "ncc0>0.9": 12}
 
 
 @pytest.mark.parametrize("c", [1, 3])
@@ -309,3 +309,17 @@ def test_warns_when_training_images_are_not_in_unit_range():
     x_train, mean = split_mean(images)
     with pytest.warns(UserWarning, match=r"not \[0, 1\]"):
         evaluate(x_train.clone(), x_train, mean)
+
+
+def test_mean_subtracted_ncc_is_not_fooled_by_the_mean():
+    """Candidates that are pure noise around zero (the mean once added back) correlate with
+    every training image through the mean; the mean-subtracted NCC does not."""
+    g = gen(21)
+    base = torch.rand(1, 3, 8, 8, generator=g)  # a shared structure: a strong mean
+    images = (0.7 * base + 0.3 * torch.rand(10, 3, 8, 8, generator=g)).clamp(0, 1)
+    x_train, mean = split_mean(images)
+    noise = 0.01 * torch.randn(10, 3, 8, 8, generator=g)
+    ev = evaluate(noise, x_train, mean, matching="one_to_one", half_resolution=False)
+    assert ev.ncc.min() > 0.8  # the mean alone looks like a reconstruction
+    assert ev.ncc0.abs().max() < 0.8 and ev.counts()["ncc0>0.8"] == 0
+    assert ev.to_dict()["ncc0"] == [float(v) for v in ev.ncc0]
