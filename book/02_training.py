@@ -104,7 +104,7 @@ PRETTY = {"mnist": "MNIST (odd vs even)", "cifar10": "CIFAR-10 (animal vs vehicl
 # laptop; `pipeline.task(name)` loads the task at the profile's size.
 
 # %%
-n_paper = pipeline.settings("mnist", "full")["n_per_class"]
+n_paper = pipeline.settings("mnist", "paper")["n_per_class"]
 tasks = {name: pipeline.task(name) for name in TASKS}
 for name, t in tasks.items():
     n_pc = pipeline.settings(name)["n_per_class"]

@@ -36,7 +36,8 @@ __all__ = ["SWEEP_DEFAULTS", "reproduce", "default_out", "margin_analysis", "rea
 # per profile: trials in the sweep, how many best trials to pool, search space, sampler
 SWEEP_DEFAULTS = {
     "quick": {"trials": 4, "pool": 3, "space": "cpu", "objective": "paper"},
-    "full": {"trials": 100, "pool": 10, "space": "paper", "objective": "paper"},
+    "full": {"trials": 8, "pool": 8, "space": "cpu", "objective": "kkt"},
+    "paper": {"trials": 100, "pool": 10, "space": "paper", "objective": "paper"},
 }
 CARD_FORMAT = "recon-reproduce/1"
 
@@ -219,6 +220,7 @@ def reproduce(
     Overrides change the profile's settings (and so the directory name when ``out`` is None).
     """
     from .data import load_task
+    from .evaluate import evaluate
     from .pipeline import settings
     from .provenance import provenance
     from .reconstruct import ReconConfig
@@ -300,9 +302,18 @@ def reproduce(
     say(f"3/4 pool the best {sw['pool']} trials and evaluate (paper protocol, both matchings)")
     t0 = time.perf_counter()
     pooled = pool_trials(out, sw["pool"], study_name=summary["study_name"], task=data)
+    # control: the same candidates matched one-to-one to as many TEST images of the task,
+    # which the model never saw; a count there is what generic images of the classes score
+    control = evaluate(pooled.candidates, data.x_test[:data.n], data.mean,
+                       matching="one_to_one")
     card["pool"] = {"trials": pooled.trials, "best_trial": pooled.best_trial,
                     "n_candidates": pooled.pool["paper"].n_candidates,
-                    "counts": pooled.counts()}
+                    "counts": pooled.counts(), "test_control": control.counts()}
+    if sw["objective"] != "paper":  # the attacker's choice; the oracle's beside it
+        oracle = pool_trials(out, sw["pool"], study_name=summary["study_name"], task=data,
+                             rank_by="paper_score")
+        card["pool_oracle"] = {"trials": oracle.trials, "best_trial": oracle.best_trial,
+                               "counts": oracle.counts()}
     wall["pool"] = time.perf_counter() - t0
 
     # 4. margins, figures -------------------------------------------------------------------

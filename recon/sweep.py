@@ -763,6 +763,7 @@ class PoolResult:
     missing: list[dict] = field(default_factory=list)
     study_name: str = ""
     objective: str = ""
+    candidates: torch.Tensor | None = None  # (m_pool, C, H, W) the pooled candidates
 
     def counts(self) -> dict:
         return {"pool": {m: ev.counts() for m, ev in self.pool.items()},
@@ -791,12 +792,17 @@ def pool_trials(
     storage: str | None = None,
     task=None,
     write: bool = True,
+    rank_by: str | None = None,
 ) -> PoolResult:
     """Pool the candidates of the best ``k`` complete trials and evaluate them (paper protocol,
     both matchings) beside the best single trial. Reads the saved trial artefacts; re-runs
     nothing. Trials whose artefact is on another machine are listed in ``missing`` (copy
     ``RUN/sweep/<study>/`` from every machine to pool them too). Writes
     ``RUN/sweep/<study>/pool.json`` when ``write``.
+
+    ``rank_by``: rank the trials by one of the scores every trial stores (``"paper_score"``,
+    the oracle that uses the training set; ``"kkt_residual"``, from the weights alone)
+    instead of by the study's objective; lower is better for both.
     """
     run = Path(run)
     if k < 1:
@@ -806,8 +812,11 @@ def pool_trials(
     if task is None:
         _, task, _ = _load_run(run)
     sdir = _sweep_dir(run) / study.study_name
+    if rank_by is not None and rank_by not in ("paper_score", "kkt_residual"):
+        raise ValueError(f"rank_by must be 'paper_score' or 'kkt_residual', got {rank_by!r}")
     complete = sorted((t for t in study.get_trials(deepcopy=False)
-                       if t.state.name == "COMPLETE"), key=lambda t: t.value)
+                       if t.state.name == "COMPLETE"),
+                      key=lambda t: t.value if rank_by is None else t.user_attrs[rank_by])
     chosen, missing, xs = [], [], []
     for t in complete:
         if len(chosen) == k:
@@ -827,8 +836,8 @@ def pool_trials(
     pool = evaluate_both(torch.cat(xs), task.x_train, task.mean)
     best = evaluate_both(xs[0], task.x_train, task.mean)
     res = PoolResult(chosen, pool, best, chosen[0], missing, study.study_name,
-                     study.user_attrs.get("objective", ""))
-    if write:
+                     study.user_attrs.get("objective", ""), torch.cat(xs))
+    if write and rank_by is None:
         out = sdir / "pool.json"
         tmp = out.with_name(f"pool.json.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(res.to_dict(), indent=1) + "\n")

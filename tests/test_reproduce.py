@@ -35,6 +35,10 @@ def test_reproduce_writes_card_and_figures_and_resumes(tmp_path, data_dir, monke
     assert sorted(card["pool"]["trials"]) == [0, 1]
     pool = card["pool"]["counts"]["pool"]
     assert set(pool) == {"paper", "one_to_one"} and "ncc>0.9" in pool["one_to_one"]
+    # the held-out control: the pooled candidates matched to 6 test images instead
+    control = card["pool"]["test_control"]
+    assert set(control) == set(pool["one_to_one"]) and control["ssim>0.3"] <= 6
+    assert "pool_oracle" not in card  # the objective is the oracle already
     m = card["margins"]
     assert len(m["margin"]) == len(m["ncc"]) == len(m["lam"]) == 6
     assert all(lam >= 0 for lam in m["lam"])

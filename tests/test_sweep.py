@@ -215,6 +215,14 @@ def test_kkt_objective_prunes_on_intermediate_values(tiny_run):
         if t.state.name == "COMPLETE":  # the oracle score is recorded beside the objective
             assert t.value == pytest.approx(t.user_attrs["kkt_residual"])
             assert t.user_attrs["paper_score"] > 0
+    # the attacker's pool (ranked by the objective) and the oracle's (ranked by paper_score)
+    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+    by_oracle = pool_trials(tiny_run, 1, study_name="kkt", rank_by="paper_score")
+    by_kkt = pool_trials(tiny_run, 1, study_name="kkt")
+    assert by_oracle.trials == [min(complete, key=lambda t: t.user_attrs["paper_score"]).number]
+    assert by_kkt.trials == [min(complete, key=lambda t: t.value).number]
+    with pytest.raises(ValueError, match="rank_by"):
+        pool_trials(tiny_run, 1, study_name="kkt", rank_by="value")
 
 
 def test_pool_of_best_trials_recovers_at_least_as_many_as_the_best_trial(small_run):
