@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 
 from recon.data import load_task
-from recon.evaluate import evaluate_both
+from recon.evaluate import evaluate, evaluate_both
 from recon.kkt import kkt_diagnostic
 from recon.provenance import provenance
 from recon.reconstruct import ReconConfig, first_layer_basis, reconstruct
@@ -69,7 +69,8 @@ def _task_and_model(run: Path):
     trained, _ = load_checkpoint(run / "model.pt")
     t = card["task"]
     steps = card.get("config", {}).get("recon_base", {}).get("steps")
-    return load_task(t["name"], t["n_per_class"], 5), trained, steps
+    task = load_task(t["name"], t["n_per_class"], 250, skip_per_class=t.get("skip_per_class", 0))
+    return task, trained, steps
 
 
 def _parse_variants(specs: list[str]) -> dict[str, dict]:
@@ -99,7 +100,12 @@ def _config(task, steps: int, seed: int, over: dict) -> ReconConfig:
 
 
 def _counts(x, task) -> dict:
-    return {m: e.counts() for m, e in evaluate_both(x, task.x_train, task.mean).items()}
+    """Counts under both matchings, and the held-out control: the same candidates matched
+    one-to-one to n test images of the task, which the model never saw."""
+    out = {m: e.counts() for m, e in evaluate_both(x, task.x_train, task.mean).items()}
+    out["test_control"] = evaluate(x, task.x_test[: task.n], task.mean,
+                                   matching="one_to_one").counts()
+    return out
 
 
 def _stat_rel_f64(model, res) -> float:

@@ -66,7 +66,8 @@ def _task_from_card(card: dict, run: Path):
         raise SystemExit(f"error: {run} has no trained model; run `python -m recon train "
                          f"--run {run}` first")
     t = card["task"]
-    return load_task(t["name"], t["n_per_class"], t["n_test_per_class"])
+    return load_task(t["name"], t["n_per_class"], t["n_test_per_class"],
+                     skip_per_class=t.get("skip_per_class", 0))
 
 
 def cmd_train(args) -> None:
@@ -76,7 +77,8 @@ def cmd_train(args) -> None:
 
     run = Path(args.run)
     run.mkdir(parents=True, exist_ok=True)
-    task = load_task(args.task, args.n_per_class, args.n_test_per_class)
+    task = load_task(args.task, args.n_per_class, args.n_test_per_class,
+                     skip_per_class=args.skip_per_class)
     config = TrainConfig(
         widths=tuple(int(w) for w in args.widths.split(",")), init_scale=args.init_scale,
         lr=args.lr, weight_decay=args.weight_decay, epochs=args.epochs, dtype=args.dtype,
@@ -90,7 +92,8 @@ def cmd_train(args) -> None:
     card.update(
         device=args.device,
         task={"name": task.name, "n_per_class": args.n_per_class,
-              "n_test_per_class": args.n_test_per_class, "n": task.n, "source": task.source},
+              "n_test_per_class": args.n_test_per_class, "n": task.n, "source": task.source,
+              **({"skip_per_class": args.skip_per_class} if args.skip_per_class else {})},
         train={"config": config.to_dict(), "epochs_done": res.epoch, "wall_time_s": res.wall_time,
                "final": res.final()},
         kkt={k: v for k, v in diag.to_dict().items() if k not in ("lam", "margin")},
@@ -272,6 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--task", choices=("mnist", "cifar10"), default="mnist")
     t.add_argument("--n-per-class", type=int, default=250, help="paper: 250 (n = 500)")
     t.add_argument("--n-test-per-class", type=int, default=500)
+    t.add_argument("--skip-per-class", type=int, default=0,
+                   help="train on the images after the first K of each class: a shadow "
+                        "model on images disjoint from the paper's (default 0)")
     t.add_argument("--widths", default="1000,1000", help="hidden widths, comma separated")
     t.add_argument("--init-scale", type=float, default=1e-4)
     t.add_argument("--lr", type=float, default=0.01)

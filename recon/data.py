@@ -210,8 +210,10 @@ def binary_labels(name: str, labels: np.ndarray | torch.Tensor) -> np.ndarray | 
     return np.where(np.isin(np.asarray(labels), positive), 1.0, -1.0).astype(np.float32)
 
 
-def select_first_per_class(y: np.ndarray, n_per_class: int, split: str = "split") -> np.ndarray:
-    """Indices of the first ``n_per_class`` entries with ``y == -1`` and with ``y == +1``.
+def select_first_per_class(y: np.ndarray, n_per_class: int, split: str = "split",
+                           skip_per_class: int = 0) -> np.ndarray:
+    """Indices of the first ``n_per_class`` entries with ``y == -1`` and with ``y == +1``,
+    after skipping the first ``skip_per_class`` of each.
 
     ``y`` is ``(N,)`` in {-1, +1}, in stored order. Returns ``(2 * n_per_class,)`` int64
     indices in increasing (stored) order. Raises ``ValueError`` if a class is too small.
@@ -219,12 +221,15 @@ def select_first_per_class(y: np.ndarray, n_per_class: int, split: str = "split"
     chosen = []
     for value, label in ((-1, "y=-1"), (1, "y=+1")):
         where = np.flatnonzero(y == value)
-        if where.size < n_per_class:
+        if where.size < skip_per_class + n_per_class:
             raise ValueError(
+                f"the {split} has only {where.size} images of class {label}, "
+                f"but {n_per_class} per class were requested after skipping {skip_per_class}"
+                if skip_per_class else
                 f"the {split} has only {where.size} images of class {label}, "
                 f"but {n_per_class} per class were requested"
             )
-        chosen.append(where[:n_per_class])
+        chosen.append(where[skip_per_class:skip_per_class + n_per_class])
     return np.sort(np.concatenate(chosen)).astype(np.int64)
 
 
@@ -388,6 +393,7 @@ def load_task(
     download: bool = True,
     cache_dir: str | os.PathLike | None = None,
     dtype: torch.dtype = torch.float32,
+    skip_per_class: int = 0,
 ) -> BinaryTask:
     """Build the paper's balanced binary task (see the module docstring for the protocol).
 
@@ -399,6 +405,9 @@ def load_task(
         data_dir, download, cache_dir: where to get the images, see :func:`load_raw`.
         dtype: floating dtype of the image, label and mean tensors (mean subtraction is
             done in float64 before the cast).
+        skip_per_class: leave out the first images of each class of the training split: a
+            *shadow* task on images disjoint from the paper's (e.g. ``skip_per_class=250``),
+            on which an attacker can tune a reconstruction with their own data.
 
     Returns:
         A :class:`BinaryTask` on the CPU with ``x_train`` ``(2 * n_per_class, C, H, W)``,
@@ -413,7 +422,10 @@ def load_task(
     x_tr, lab_tr, x_te, lab_te, source = load_raw(
         name, data_dir=data_dir, download=download, cache_dir=cache_dir
     )
-    idx_tr = select_first_per_class(binary_labels(name, lab_tr), n_per_class, "training split")
+    if skip_per_class < 0:
+        raise ValueError(f"skip_per_class must be >= 0, got {skip_per_class!r}")
+    idx_tr = select_first_per_class(binary_labels(name, lab_tr), n_per_class, "training split",
+                                    skip_per_class)
     idx_te = select_first_per_class(binary_labels(name, lab_te), n_test_per_class, "test split")
 
     train01, test01 = _to_nchw01(x_tr[idx_tr]), _to_nchw01(x_te[idx_te])

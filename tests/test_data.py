@@ -283,3 +283,17 @@ def test_torchvision_path(tmp_path, monkeypatch, raw):
     assert t.source == f"torchvision:{tmp_path}"
     assert t.labels_train[:10].tolist() == MNIST_FIRST_TRAIN
     assert t.x_train.shape == (40, 1, 28, 28)
+
+
+def test_skip_per_class_gives_a_disjoint_shadow_task(data_dir):
+    """skip_per_class=K selects the next images of each class in stored order: a shadow task
+    disjoint from the paper's, with its own training mean."""
+    first = load_task("mnist", 6, 3, data_dir=data_dir)
+    both = load_task("mnist", 12, 3, data_dir=data_dir)
+    shadow = load_task("mnist", 6, 3, data_dir=data_dir, skip_per_class=6)
+    assert not set(first.index_train.tolist()) & set(shadow.index_train.tolist())
+    assert sorted(first.index_train.tolist() + shadow.index_train.tolist()) == \
+        both.index_train.tolist()
+    assert not torch.equal(first.mean, shadow.mean)
+    with pytest.raises(ValueError, match="skip_per_class"):
+        load_task("mnist", 6, 3, data_dir=data_dir, skip_per_class=-1)
