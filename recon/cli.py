@@ -341,8 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="paper: mean of the 10 best one-to-one distances to the training set "
                         "(an oracle); kkt: stationarity residual with the exact ReLU; "
                         "agreement: two seeds' candidates against each other (no data)")
-    w.add_argument("--space", choices=("paper", "cpu"), default="paper",
-                   help="paper: the paper's ranges; cpu: narrower, around the Adam recipe")
+    w.add_argument("--space", choices=("paper", "cpu", "seeds"), default="paper",
+                   help="paper: the paper's ranges; cpu: narrower, around the Adam recipe; "
+                        "seeds: nothing searched, one seed per trial")
     w.add_argument("--preset", choices=("cpu", "paper"), default="cpu",
                    help="fixed settings of every trial, as in `reconstruct`")
     w.add_argument("--steps", type=int)
@@ -389,7 +390,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--tv", type=float, help="override the profile's total-variation prior weight")
     rp.add_argument("--objective", choices=("paper", "kkt", "agreement"),
                     help="sweep objective (default paper: the paper's oracle score)")
-    rp.add_argument("--space", choices=("paper", "cpu"), help="sweep search space")
+    rp.add_argument("--space", choices=("paper", "cpu", "seeds"),
+                    help="sweep search space (seeds: the recipe itself, one seed per trial)")
     rp.add_argument("--matmul", choices=PRECISIONS,
                     help=MATMUL_HELP + " (training and reconstruction)")
     rp.add_argument("--threads", type=int, help="torch CPU threads")

@@ -98,20 +98,23 @@ OBJECTIVES = ("paper", "kkt", "agreement")
 
 # name -> (low, high, log)
 SEARCH_SPACES: dict[str, dict[str, tuple[float, float, bool]]] = {
-    # the paper's random search (METHOD.md)
+    # the paper's random search (Haim et al., 2022, Appendix)
     "paper": {
         "lr_x": (1e-5, 1.0, True),
         "init_scale": (1e-6, 0.1, True),
         "lambda_min": (0.01, 0.5, False),
         "alpha": (10.0, 500.0, False),
     },
-    # a narrower box around the recipe measured to work with Adam on a CPU (FINDINGS.md)
+    # a narrower box around the recipe measured to work with Adam on a CPU (Chapter 3)
     "cpu": {
         "lr_x": (1e-3, 0.1, True),
         "init_scale": (1e-4, 1e-2, True),
         "lambda_min": (0.2, 0.5, False),
         "alpha": (30.0, 300.0, False),
     },
+    # nothing searched: every trial is the base recipe with its own seed (seed + trial), so
+    # pooling trials pools independent runs, chosen without looking at any data
+    "seeds": {},
 }
 SEARCHABLE = ("lr_x", "init_scale", "lambda_min", "alpha", "lr_lambda")
 
@@ -126,10 +129,11 @@ def search_space(name: str = "paper", **overrides) -> dict:
     """The search space as ``{param: optuna.distributions.FloatDistribution}``.
 
     ``name``: ``"paper"`` (lr_x log-uniform 1e-5..1, init_scale log-uniform 1e-6..0.1,
-    lambda_min uniform 0.01..0.5, alpha uniform 10..500) or ``"cpu"`` (narrower, around the
-    Adam recipe). ``overrides``: ``param=(low, high, log)`` to change or add a range (any of
-    ``lr_x, init_scale, lambda_min, alpha, lr_lambda``), or ``param=None`` to drop one (it
-    then keeps the base config's value).
+    lambda_min uniform 0.01..0.5, alpha uniform 10..500), ``"cpu"`` (narrower, around the
+    Adam recipe) or ``"seeds"`` (nothing: independent runs of the base recipe).
+    ``overrides``: ``param=(low, high, log)`` to change or add a range (any of ``lr_x,
+    init_scale, lambda_min, alpha, lr_lambda``), or ``param=None`` to drop one (it then keeps
+    the base config's value).
     """
     from optuna.distributions import FloatDistribution
 

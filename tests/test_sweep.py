@@ -294,3 +294,19 @@ def test_chunked_trial_matches_one_uninterrupted_run(tiny_run):
     torch.testing.assert_close(art["x"], one.x)
     torch.testing.assert_close(art["lam"], one.lam)
     assert load_study(tiny_run, "chunks").trials[0].intermediate_values.keys() == {10, 20, 30, 40}
+
+
+def test_seeds_space_runs_the_recipe_with_one_seed_per_trial(tiny_run):
+    """space "seeds": nothing is searched; trial t is the base recipe with seed base + t, so
+    pooling trials pools independent runs chosen without any data."""
+    base = ReconConfig(n_candidates=20, steps=20, seed=7)
+    run_study(tiny_run, 2, base=base, study_name="seeds", space="seeds", pruner="none",
+              progress=False)
+    study = load_study(tiny_run, "seeds")
+    done = sorted((t for t in study.trials if t.state.name == "COMPLETE"), key=lambda t: t.number)
+    assert len(done) == 2 and all(t.params == {} for t in done)
+    assert [t.user_attrs["seed"] for t in done] == [7, 8]
+    arts = [load_trial(tiny_run / "sweep" / "seeds" / t.user_attrs["artefact"]) for t in done]
+    assert not torch.equal(arts[0]["x"], arts[1]["x"])
+    assert {k: v for k, v in arts[0]["config"].items() if k != "seed"} == {
+        k: v for k, v in base.to_dict().items() if k != "seed"}
