@@ -86,7 +86,7 @@ PRETTY = {"mnist": "MNIST (odd vs even)", "cifar10": "CIFAR-10 (animal vs vehicl
 # ## 1. The data: 500 real images, in stored order
 #
 # The paper's protocol is deliberately simple and deterministic
-# (METHOD.md, "Data protocol"):
+# (the paper's data protocol):
 #
 # - **Labels.** MNIST: $y=+1$ for odd digits, $y=-1$ for even ones. CIFAR-10: $y=+1$ for the
 #   six animal classes (bird, cat, deer, dog, frog, horse), $y=-1$ for the four vehicles
@@ -343,8 +343,8 @@ glue("dtype_quick", cfg["mnist"].dtype, display=False)
 # and generalise reasonably for a few dozen images: test accuracy
 # {glue:text}`test_acc_mnist:.1f`% on MNIST and {glue:text}`test_acc_cifar10:.1f`% on
 # CIFAR-10. (The paper's project page reports 88.0% and 77.6% at $n=500$ without saying which
-# belongs to which task; FINDINGS.md measured 88.2% for MNIST at $n=500$, so 88.0% is most
-# likely MNIST's.) The KKT residual at the
+# belongs to which task; our runs at $n=500$ in the Results chapter settle it: 88.0% is
+# MNIST's and 77.6% CIFAR-10's.) The KKT residual at the
 # end is {glue:text}`kkt_mnist:.2f`% for MNIST and {glue:text}`kkt_cifar10:.2f`% for
 # CIFAR-10: almost all of $\theta$ is a non-negative combination of the training samples'
 # gradients.
@@ -393,7 +393,7 @@ plt.show()
 #
 # The paper trains with learning rate 0.01, no weight decay, in float64, for $10^6$ epochs.
 # That is hours on a GPU. On a CPU budget we can afford a few thousand epochs, and the
-# measured facts (FINDINGS.md) say the paper's recipe is then nowhere near the KKT regime. We
+# question is whether the paper's recipe gets anywhere near the KKT regime in that time. We
 # check this directly: the same MNIST data, the paper's learning rate and no weight decay, for
 # the same number of epochs as the weight-decay run (float32, like the quick profile, so only
 # the recipe differs).

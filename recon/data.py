@@ -6,7 +6,7 @@ Tasks (Haim et al. 2022):
 - ``"cifar10"``: animals (classes 2-7) vs vehicles (0 airplane, 1 automobile, 8 ship,
   9 truck); ``y = +1`` for animals, ``y = -1`` for vehicles.
 
-Protocol (``METHOD.md``, "Data protocol"):
+Protocol (Haim et al., 2022, the paper's data protocol):
 
 1. Training set: scan the training split in its stored order (no shuffling) and keep the
    first ``n_per_class`` images of each binary class; the kept images stay in stored
@@ -260,7 +260,7 @@ def _npz_format(name: str) -> str:
     return (
         f"a NumPy .npz archive with uint8 arrays x_train (N, {shape}), y_train (N,), "
         f"x_test (M, {shape}), y_test (M,) holding the official splits in stored order "
-        f"(see shared/data/README.md)"
+        f"(labels 0-9; the README's Data section describes the files)"
     )
 
 

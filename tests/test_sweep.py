@@ -230,7 +230,7 @@ def test_pool_of_best_trials_recovers_at_least_as_many_as_the_best_trial(small_r
     give at least as many good reconstructions as the best single trial.
 
     "Good" here is the correlation criterion (NCC > 0.8 / 0.9 with the matched training
-    image), which agrees with the eye on MNIST (FINDINGS.md). Measured caveat: the SSIM > 0.4
+    image), which agrees with the eye on MNIST (Chapter 4). Measured caveat: the SSIM > 0.4
     count is *not* monotone under pooling. The pool's match for a training image is closer in
     correlation but can score a lower SSIM after min-max scaling (a noisier background). A
     16-trial sweep of the 784-1000-1000-1 net went from 20 (best trial) to 17 (pool of 5) that
