@@ -112,12 +112,17 @@ def card_row(card: dict) -> dict:
         "KKT unexplained": tr.get("kkt_unexplained"),
         "trials pooled": len(card["pool"]["trials"]),
         "steps": card["config"]["recon_base"]["steps"],
-        # cards written before the option existed ran without it
-        "subspace": "yes" if card["config"]["recon_base"].get("subspace_tol", 0.0) > 0 else "no",
+        # the row-space cut-off; cards written before the option existed ran without it
+        "subspace": format(tol, "g") if (tol := card["config"]["recon_base"].get(
+            "subspace_tol", 0.0)) > 0 else "off",
         "SSIM>0.4 (paper)": c["paper"]["ssim>0.4"],
         "SSIM>0.4 (1-1)": c["one_to_one"]["ssim>0.4"],
         "NCC>0.8 (1-1)": c["one_to_one"]["ncc>0.8"],
         "NCC>0.9 (1-1)": c["one_to_one"]["ncc>0.9"],
+        # the stricter controls, on cards that have them (None otherwise)
+        "NCC>0.9, mean-subtracted": c["one_to_one"].get("ncc0>0.9"),
+        "NCC>0.9 vs test images": card["pool"].get("test_control", {}).get("ncc>0.9"),
+        "NCC>0.8 vs test images": card["pool"].get("test_control", {}).get("ncc>0.8"),
         "rho(margin, NCC)": m["spearman_margin_ncc"],
         "minutes": card["wall_time_s"].get("total", float("nan")) / 60,
     }

@@ -71,9 +71,11 @@ def test_reproduce_writes_card_and_figures_and_resumes(tmp_path, data_dir, monke
     with pytest.warns(UserWarning, match="not finished"):
         assert [c["_dir"] for c in load_cards(tmp_path)] == [str(out)]
     row = card_row(cards[0])
-    assert row["n"] == 6 and row["trials pooled"] == 2 and row["subspace"] == "yes"
+    assert row["n"] == 6 and row["trials pooled"] == 2 and row["subspace"] == "3e-05"
     one_to_one = read_card(out)["pool"]["counts"]["pool"]["one_to_one"]
     assert row["NCC>0.9 (1-1)"] == one_to_one["ncc>0.9"]
+    assert row["NCC>0.9, mean-subtracted"] == one_to_one["ncc0>0.9"]
+    assert row["NCC>0.9 vs test images"] == read_card(out)["pool"]["test_control"]["ncc>0.9"]
 
 
 def test_cli_passes_the_tv_override_to_reproduce(monkeypatch):
