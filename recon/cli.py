@@ -354,7 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--dtype", choices=("float32", "float64"))
     w.add_argument("--seed", type=int, help="trial t uses seed + t")
     w.add_argument("--matmul", choices=PRECISIONS, help=MATMUL_HELP)
-    w.add_argument("--pruner", choices=("median", "hyperband", "none"), default="median")
+    w.add_argument("--pruner", choices=("median", "hyperband", "none"), default=None,
+                   help="default: median, or none when --space searches nothing (seeds)")
     w.add_argument("--report-every", type=int, help="steps between intermediate values "
                                                     "(default steps/10)")
     w.add_argument("--sampler", choices=("tpe", "random"), default="tpe",

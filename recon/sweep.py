@@ -540,7 +540,7 @@ def run_study(
     space: dict | str = "paper",
     storage: str | None = None,
     study_name: str | None = None,
-    pruner: str = "median",
+    pruner: str | None = None,
     prune_startup: int = 5,
     prune_warmup: int | None = None,
     report_every: int | None = None,
@@ -573,6 +573,8 @@ def run_study(
         study_name: default :func:`default_study_name` (task, n, weights, objective).
         pruner: ``"median"`` (Optuna's MedianPruner, after ``prune_startup`` trials and
             ``prune_warmup`` steps, default ``steps // 5``), ``"hyperband"`` or ``"none"``.
+            Default: ``"median"``, or ``"none"`` when the space searches nothing (independent
+            runs of one recipe are all pooled, and an early value is too noisy to drop one).
         report_every: steps between intermediate values (default ``steps // 10``).
         sampler: ``"tpe"`` (Optuna's default) or ``"random"`` (the paper's random search).
             ``sampler_seed`` makes a single worker reproducible; give workers different seeds.
@@ -600,6 +602,8 @@ def run_study(
     base = base or ReconConfig(n_candidates=2 * task.n)
     if isinstance(space, str):
         space = search_space(space)
+    if pruner is None:
+        pruner = "median" if space else "none"
     steps = base.steps
     report_every = max(1, report_every or steps // 10 or 1)
     prune_warmup = steps // 5 if prune_warmup is None else prune_warmup

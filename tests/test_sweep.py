@@ -298,14 +298,16 @@ def test_chunked_trial_matches_one_uninterrupted_run(tiny_run):
 
 def test_seeds_space_runs_the_recipe_with_one_seed_per_trial(tiny_run):
     """space "seeds": nothing is searched; trial t is the base recipe with seed base + t, so
-    pooling trials pools independent runs chosen without any data."""
+    pooling trials pools independent runs chosen without any data. Nothing is pruned by
+    default (a median pruner after one trial would drop about half of them)."""
     base = ReconConfig(n_candidates=20, steps=20, seed=7)
-    run_study(tiny_run, 2, base=base, study_name="seeds", space="seeds", pruner="none",
-              progress=False)
+    run_study(tiny_run, 4, base=base, study_name="seeds", space="seeds", prune_startup=1,
+              prune_warmup=0, report_every=5, progress=False)
     study = load_study(tiny_run, "seeds")
-    done = sorted((t for t in study.trials if t.state.name == "COMPLETE"), key=lambda t: t.number)
-    assert len(done) == 2 and all(t.params == {} for t in done)
-    assert [t.user_attrs["seed"] for t in done] == [7, 8]
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4
+    done = sorted(study.trials, key=lambda t: t.number)
+    assert all(t.params == {} for t in done)
+    assert [t.user_attrs["seed"] for t in done] == [7, 8, 9, 10]
     arts = [load_trial(tiny_run / "sweep" / "seeds" / t.user_attrs["artefact"]) for t in done]
     assert not torch.equal(arts[0]["x"], arts[1]["x"])
     assert {k: v for k, v in arts[0]["config"].items() if k != "seed"} == {
