@@ -60,9 +60,10 @@ import importlib.util
 import subprocess
 import sys
 
+REPOSITORY = "https://github.com/recon-book/recon"  # set in the book's _config.yml
 if importlib.util.find_spec("recon") is None:
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "git+https://github.com/recon-book/recon"], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", f"git+{REPOSITORY}"],
+                   check=True)
 
 from recon import pipeline
 from recon.plots import set_style
@@ -77,13 +78,13 @@ import math
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from myst_nb import glue
 from torch import nn
 
 from recon import toy
 from recon.cache import cached
 from recon.kkt import gradient_gram, kkt_diagnostic
 from recon.models import MLP
+from recon.notebook import glue
 from recon.reconstruct import ReconConfig, reconstruct
 from recon.train import TrainConfig, train
 
@@ -602,10 +603,8 @@ plt.show()
 # attacker has. The random-start candidates sit in the right class regions but spread over
 # them, mostly inside the circle rather than on it. The weights of this network
 # satisfy the stationarity equation for (at least) two quite different training sets: the
-# reconstruction is not identifiable here, and tuning cannot fix that. In runs not shown here
-# we also tried, on this network, $\alpha=1000$, $\lambda_\text{min}=50$, candidates started
-# near the origin (the loss does not move: the trained network is flat there), and only 12
-# candidates, one per margin sample; none recovered more than one margin sample.
+# reconstruction is not identifiable here, and tuning the optimiser cannot fix that: both
+# sets are solutions, and the loss has no way to prefer the true one.
 #
 # **Why two dimensions are hard: count the equations.** For a one-hidden-layer network
 # $\Phi(\theta;x)=\sum_k v_k\,\mathrm{relu}(w_k\cdot x+b_k)$, the stationarity equation read
@@ -806,6 +805,8 @@ plt.show()
 #     base = seq(toy_x).abs()
 #     rel = [(scaled(seq, c)(toy_x).abs() / base).mean().item() for c in cs]
 # plt.loglog(cs, rel, "o", cs, cs**3, "k-")
+# from recon.models import UnsupportedModelError
+#
 # try:
 #     MLP.from_sequential(seq, (2,))
 # except UnsupportedModelError as e:

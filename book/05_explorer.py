@@ -54,9 +54,10 @@ import importlib.util
 import subprocess
 import sys
 
+REPOSITORY = "https://github.com/recon-book/recon"  # set in the book's _config.yml
 if importlib.util.find_spec("recon") is None:
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "git+https://github.com/recon-book/recon"], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", f"git+{REPOSITORY}"],
+                   check=True)
 
 from recon import pipeline
 from recon.plots import set_style
@@ -69,11 +70,11 @@ import json
 
 import matplotlib.pyplot as plt
 from IPython.display import HTML
-from myst_nb import glue
 
 from recon.data import CLASS_NAMES
 from recon.evaluate import evaluate_both
 from recon.html_explorer import MAX_ITEMS, explorer_html
+from recon.notebook import glue
 from recon.widgets import explore_pairs, filter_items, pair_items, plot_pair_cards
 
 if "google.colab" in sys.modules:  # let Colab render ipywidgets 8

@@ -260,7 +260,7 @@ def _npz_format(name: str) -> str:
     return (
         f"a NumPy .npz archive with uint8 arrays x_train (N, {shape}), y_train (N,), "
         f"x_test (M, {shape}), y_test (M,) holding the official splits in stored order "
-        f"(labels 0-9; the README's Data section describes the files)"
+        f"(labels 0-9, as in the official releases)"
     )
 
 

@@ -68,16 +68,20 @@ def read_card(path: str | os.PathLike) -> dict:
 
 def results_dir() -> Path:
     """The project's ``results/`` folder: ``$RECON_RESULTS_DIR`` if set, else the nearest
-    ``results/`` in the working directory or a parent (the book runs from ``book/``), else the
-    one beside the installed package (a source checkout)."""
+    ``results/`` with run cards in the working directory or a parent (the book runs from
+    ``book/``), else the copy shipped inside the installed package (``recon.results``: a
+    chapter opened alone, e.g. on Colab, reads the committed cards from there)."""
     env = os.environ.get("RECON_RESULTS_DIR")
     if env:
         return Path(env)
     here = Path.cwd().resolve()
     for d in (here, *here.parents):
-        if (d / "results").is_dir():
+        if (d / "results" / "reproduce").is_dir():
             return d / "results"
-    return Path(__file__).resolve().parents[1] / "results"
+    checkout = Path(__file__).resolve().parents[1] / "results"
+    if checkout.is_dir():
+        return checkout
+    return Path(__file__).resolve().parent / "results"
 
 
 def load_cards(root: str | os.PathLike | None = None, *, complete: bool = True) -> list[dict]:
@@ -88,6 +92,12 @@ def load_cards(root: str | os.PathLike | None = None, *, complete: bool = True) 
     import warnings
 
     root = Path(root) if root is not None else results_dir()
+    if not (root / "reproduce").is_dir():
+        raise FileNotFoundError(
+            f"no run cards: {root / 'reproduce'} does not exist. Install recon from its "
+            "repository (the package ships the committed cards), run the book from a clone, "
+            "or set RECON_RESULTS_DIR to a results/ folder with reproduce/*/card.json "
+            "(`python -m recon reproduce TASK` writes one)")
     cards = []
     for path in sorted((root / "reproduce").glob("*/card.json")):
         card = read_card(path)

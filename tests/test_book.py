@@ -75,3 +75,14 @@ def test_chapter_has_the_required_sections(py):
 def test_toc_lists_only_existing_files():
     for f in _toc_files():
         assert any((ROOT / f).with_suffix(s).is_file() for s in (".md", ".ipynb")), f
+
+
+def test_install_cells_use_the_configured_repository():
+    """One address, in _config.yml: every chapter's install cell (both files of each pair)
+    installs from it, as the launch buttons open it."""
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, str(ROOT / "_ext" / "repository.py"), "--check"],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stdout + p.stderr

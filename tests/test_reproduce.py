@@ -102,3 +102,20 @@ def test_reproduce_refuses_a_bad_profile(tmp_path):
 
     with pytest.raises(ValueError, match="profile must be one of"):
         reproduce("mnist", "medium", tmp_path)
+
+
+def test_load_cards_without_cards_says_where_to_get_them(tmp_path):
+    with pytest.raises(FileNotFoundError, match="RECON_RESULTS_DIR"):
+        load_cards(tmp_path)
+
+
+def test_results_dir_falls_back_to_the_shipped_cards(tmp_path, monkeypatch):
+    """Outside a checkout (cwd without results/), the cards come from the package."""
+    import recon.reproduce as rp
+
+    monkeypatch.delenv("RECON_RESULTS_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)
+    found = rp.results_dir()
+    assert (found / "reproduce").is_dir() and load_cards(found)
+    monkeypatch.setenv("RECON_RESULTS_DIR", str(tmp_path))
+    assert rp.results_dir() == tmp_path

@@ -1,0 +1,31 @@
+"""recon.notebook.glue: myst-nb's glue in the book build, a plain display elsewhere (Colab)."""
+
+import pytest
+
+import recon.notebook as nb
+
+
+def test_glue_without_myst_nb_displays_only_when_asked(monkeypatch):
+    shown = []
+    monkeypatch.setattr(nb, "have_myst_nb", lambda: False)
+    monkeypatch.setattr("IPython.display.display", lambda v: shown.append(v))
+    nb.glue("a", 1.5, display=False)
+    assert shown == []
+    nb.glue("b", 2.5)
+    assert shown == [2.5]
+
+
+def test_glue_with_myst_nb_uses_it(monkeypatch):
+    calls = []
+    import myst_nb
+
+    monkeypatch.setattr(nb, "have_myst_nb", lambda: True)
+    monkeypatch.setattr(myst_nb, "glue", lambda name, value, display=True:
+                        calls.append((name, value, display)))
+    nb.glue("x", 3, display=False)
+    assert calls == [("x", 3, False)]
+
+
+def test_glue_rejects_a_bad_name():
+    with pytest.raises(ValueError, match="non-empty string"):
+        nb.glue("", 1)
