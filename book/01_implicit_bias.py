@@ -48,8 +48,10 @@
 # - Count equations against unknowns to predict when the reconstruction is identifiable, and
 #   see it recover the margin samples of a random-features network.
 #
-# **Runtime**: quick profile ~1.5 min on 2 CPU cores; full profile ~1.5 min on a GPU (the toy is
-# the same in both profiles and runs on the CPU; results are cached after the first run).
+# **Runtime** on 2 CPU cores, measured by `benchmarks/chapter_times.py` with the chapters
+# run in order: quick profile {glue:text}`runtime_quick_first` from an empty cache and
+# {glue:text}`runtime_quick_cached` once cached; full profile {glue:text}`runtime_full_first`
+# and {glue:text}`runtime_full_cached`. The toy is the same in both profiles.
 #
 # ## Setup
 
@@ -70,6 +72,10 @@ from recon.plots import set_style
 
 set_style()
 print(pipeline.describe())
+
+from recon.notebook import glue_runtime
+
+glue_runtime("01_implicit_bias")  # the runtime line above, from the committed timings
 
 # %%
 import copy
@@ -462,7 +468,8 @@ plt.show()
 # ## 5. Reconstructing the points from the weights
 #
 # The attack of {cite:t}`haim2022reconstructing` forgets the training set and keeps only
-# $\theta$. It optimises $m$ candidate points $x_j$ with fixed labels $y_j$ (half $-1$, half
+# $\theta$ (the paper's Figure 2 shows it on a two-dimensional data set, as this section
+# does). It optimises $m$ candidate points $x_j$ with fixed labels $y_j$ (half $-1$, half
 # $+1$) and multipliers $\lambda_j$ to satisfy stationarity:
 #
 # $$
@@ -669,10 +676,10 @@ glue("unknowns", 3 * m, display=False)
 # features of different points differ. We train $v$ with weight decay $3\cdot10^{-3}$
 # (learning rate 0.02, 20,000 epochs, float64; $v$ starts at zero) on the same 30 points, and
 # run the same reconstruction as in Section 5, with three changes that follow from the
-# numbers: the multipliers are now up to about 100 ($m\lambda_i$), so `lr_lambda=0.05` lets
-# them grow within the run and `lambda_min=0.3` keeps candidates alive without forcing any
-# onto a point; and a steep gate, `alpha=1000`, since $\phi$ itself (not its derivative) enters
-# the equation and needs no smoothing.
+# numbers: the multipliers are now up to {glue:text}`rf_mlam_max:.0f` ($m\lambda_i$), so
+# `lr_lambda=0.05` lets them grow within the run and `lambda_min=0.3` keeps candidates alive
+# without forcing any onto a point; and a steep gate, `alpha=1000`, since $\phi$ itself (not
+# its derivative) enters the equation and needs no smoothing.
 
 # %%
 RF_WD = 3e-3
@@ -745,6 +752,7 @@ glue("rf_far0", rf_found[0][2], display=False)
 glue("rf_off0", rf_found[0][1], display=False)
 glue("rf_found_all", ", ".join(f"{a}" for a, _, _ in rf_found), display=False)
 glue("rf_lam_ratio", float(rf_lam[rf_on].min() / rf_lam[~rf_on].max()), display=False)
+glue("rf_mlam_max", float(m * rf_lam.max()), display=False)
 glue("rf_stat0", rf_recs[0]["history"]["stat_rel"][-1], display=False)
 
 # %%

@@ -42,9 +42,10 @@
 # - Read the multipliers $\lambda_i$: which training images sit on the margin, and check the
 #   weight-decay prediction $\lambda_i = \sigma(-q_i)/(n\,\mathrm{wd})$.
 #
-# **Runtime**: quick profile ~3-5 min on 2 CPU cores with an empty cache (three training
-# runs; seconds once they are cached); full profile: the paper's 10^6 float64 epochs per task,
-# hours on a GPU (not timed in this build).
+# **Runtime** on 2 CPU cores, measured by `benchmarks/chapter_times.py` with the chapters
+# run in order: quick profile {glue:text}`runtime_quick_first` from an empty cache and
+# {glue:text}`runtime_quick_cached` once cached; full profile {glue:text}`runtime_full_first`
+# and {glue:text}`runtime_full_cached`. The first run trains every model the later chapters use.
 
 # %% [markdown]
 # ## Setup
@@ -67,7 +68,13 @@ from recon.plots import set_style
 set_style()
 print(pipeline.describe())
 
+from recon.notebook import glue_runtime
+
+glue_runtime("02_training")  # the runtime line above, from the committed timings
+
 # %%
+import math
+
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
@@ -225,13 +232,9 @@ plt.show()
 #
 # with $x\in\R^D$ ($D = 784$ for MNIST, $3072$ for CIFAR-10) and
 # $\operatorname{relu}(z)=\max(z,0)$. Only the first layer has a bias, and it acts like a
-# weight on a constant input 1. Since $\operatorname{relu}(cz) = c\,\operatorname{relu}(z)$
-# for $c>0$, scaling every parameter by $c$ scales the output by $c^3$:
-#
-# $$\Phi(c\,\theta; x) = c^{3}\,\Phi(\theta; x)\qquad (c>0).$$
-#
-# The network is *homogeneous* of degree $L=3$, the property the implicit-bias theorem of
-# {cite:t}`lyu2020gradient` needs (a bias in a deeper layer would break it). The first layer
+# weight on a constant input 1, so the network is *homogeneous* of degree $L=3$ in the sense
+# of Chapter 1 ($\Phi(c\,\theta; x) = c^{3}\,\Phi(\theta; x)$ for $c>0$), the property the
+# implicit-bias theorem of {cite:t}`lyu2020gradient` needs. The first layer
 # is initialised very small, $W_1, b_1 \sim \mathcal N(0,1)\cdot 10^{-4}$; the other two keep
 # PyTorch's default (uniform on $\pm 1/\sqrt{\text{fan-in}}$). `recon.models.MLP` is this
 # network; a quick check of its size and its homogeneity:
@@ -271,18 +274,9 @@ glue("theta_init_norm2", sum(layer_norm2_init), display=False)
 # ## 3. Training, and what "the KKT regime" means
 #
 # Training minimises the mean logistic loss over the $n$ training samples with full-batch
-# gradient descent. Write $q_i = y_i\Phi(\theta;x_i)$ for the margin of sample $i$ and
-# $\ell(q) = \log(1+e^{-q})$, whose derivative is $\ell'(q) = -\sigma(-q)$ with
-# $\sigma$ the logistic sigmoid (as in chapter 1). The quick profile adds weight decay
-# $\mathrm{wd}$:
-#
-# $$
-# F(\theta) = \frac1n \sum_{i=1}^n \ell(q_i) + \frac{\mathrm{wd}}2\|\theta\|^2 ,\qquad
-# \nabla F(\theta) = -\frac1n\sum_i \sigma(-q_i)\, y_i \nabla_\theta\Phi(\theta;x_i)
-# + \mathrm{wd}\,\theta .
-# $$
-#
-# At a stationary point $\nabla F = 0$, which rearranges to
+# gradient descent; the quick profile adds weight decay $\mathrm{wd}$. Chapter 1 (section 2)
+# showed what a stationary point of that objective means: with $q_i = y_i\Phi(\theta;x_i)$
+# the margin of sample $i$ and $\sigma$ the logistic sigmoid,
 #
 # $$
 # \theta = \sum_{i=1}^n \lambda_i\, y_i\, \nabla_\theta \Phi(\theta; x_i), \qquad
@@ -421,6 +415,14 @@ glue("test_acc_paper_route", 100 * (1 - hp["test_error"][-1]), display=False)
 glue("norm2_paper_route", hp["param_norm2"][-1], display=False)
 decay = (1 - quick.lr * quick.weight_decay) ** quick.epochs
 glue("init_decay", decay, display=False)
+# exercise 2: epochs until the initial ||W_2||^2 is below 1% of the final ||theta||^2
+final_norm2 = wd_route["history"]["param_norm2"][-1]
+for key, wd_ex in (("wd", quick.weight_decay), ("1e-3", 1e-3)):
+    glue(f"ex2_epochs_{key}", math.log(layer_norm2_init[2] / (0.01 * final_norm2))
+         / (-2 * math.log(1 - quick.lr * wd_ex)), display=False)
+glue("ex2_norm2", final_norm2, display=False)
+glue("ex2_lr", quick.lr, display=False)
+glue("ex2_wd", quick.weight_decay, display=False)
 print(f"paper recipe: train error {hp['train_error'][-1]:.3f}, test error "
       f"{hp['test_error'][-1]:.3f}, KKT residual {paper_route['kkt']['unexplained']:.3f}")
 
@@ -692,14 +694,13 @@ plt.show()
 # %% [markdown]
 # ## Exercises
 #
-# 1. **Homogeneity.** Check numerically that $\Phi(c\,\theta;x) = c^3\Phi(\theta;x)$ for the
-#    trained MNIST network and $c = 0.5$, then add a bias to the second layer and show the
-#    identity breaks.
+# 1. **The images on the margin.** Show the eight MNIST training images with the smallest
+#    margin $q_i$ and the eight with the largest. Which would you call ambiguous digits?
 # 2. **How long until the initialisation is gone?** With learning rate $\eta$ and weight
 #    decay $\mathrm{wd}$, a parameter that gets no gradient shrinks by $(1-\eta\,\mathrm{wd})$
 #    per epoch. How many epochs does the quick profile need to shrink $W_2$'s initial
-#    $\|W_2\|^2$ (about 333) below 1% of the final $\|\theta\|^2$? And with $\mathrm{wd} =
-#    10^{-3}$?
+#    $\|W_2\|^2$ ({glue:text}`w2_init_norm2:.0f`, section 2) below 1% of the final
+#    $\|\theta\|^2$? And with $\mathrm{wd} = 10^{-3}$?
 # 3. **The 1/m convention.** Show that in the reconstruction's convention (sum divided by
 #    $m = 2n$), the weight-decay multipliers are $2\sigma(-q_i)/\mathrm{wd}$,
 #    independent of $n$. Which margin corresponds to chapter 3's `lambda_min = 0.45` for
@@ -712,28 +713,38 @@ plt.show()
 # :class: dropdown
 #
 # 1. ```python
-#    net = nets["mnist"]["model"].double()
-#    x = tasks["mnist"].x_train[:5].double()
-#    half = MLP(net.input_shape, net.widths, init_scale=None).double()
-#    half.load_state_dict({k: 0.5 * v for k, v in net.state_dict().items()})
-#    print(half(x) / net(x))            # 0.125 = 0.5**3 for every sample
+#    from recon.plots import plot_images
+#
+#    order = torch.argsort(margin["mnist"])
+#    for idx, what in ((order[:8], "smallest margin"), (order[-8:], "largest margin")):
+#        plot_images(tasks["mnist"].x_train[idx] + tasks["mnist"].mean, ncols=8,
+#                    title=what)
+#        plt.show()
 #    ```
-#    With a bias $b_2$ in the second layer, $\Phi(c\theta)$ contains $c\,b_2$ where
-#    homogeneity needs $c^2 b_2$, and the ratio is no longer constant across samples.
-# 2. Solve $333\,(1-\eta\,\mathrm{wd})^{2T} < 0.01\,\|\theta\|^2$ (the squared norm shrinks by
-#    the square of the factor). With $\eta = 0.1$, $\mathrm{wd}=0.02$ and
-#    $\|\theta\|^2\approx 11.5$: $T > \ln(333/0.115)/(-2\ln 0.998) \approx 2000$ epochs, so the
-#    quick profile's 3000 epochs are enough. With $\mathrm{wd}=10^{-3}$ it would take about
-#    40,000 epochs (and the final norm would be larger, which helps a little).
+#    The first grid holds the digits the network separates least confidently, the second
+#    those it separates most confidently; compare how typical they look. The first grid
+#    carries the large multipliers of section 5, and chapter 4 checks whether those are the
+#    images that come back.
+# 2. Solve $\|W_2^{(0)}\|^2\,(1-\eta\,\mathrm{wd})^{2T} < 0.01\,\|\theta\|^2$ (the squared
+#    norm shrinks by the square of the factor): $T > \ln\big(\|W_2^{(0)}\|^2 / (0.01\,
+#    \|\theta\|^2)\big) / \big(-2\ln(1-\eta\,\mathrm{wd})\big)$. With this build's
+#    $\|W_2^{(0)}\|^2$ = {glue:text}`w2_init_norm2:.0f`, $\eta$ = {glue:text}`ex2_lr`,
+#    $\mathrm{wd}$ = {glue:text}`ex2_wd` and a final $\|\theta\|^2$ of
+#    {glue:text}`ex2_norm2:.1f`, that is {glue:text}`ex2_epochs_wd:,.0f` epochs, within the
+#    quick profile's {glue:text}`epochs_routes`. With $\mathrm{wd}=10^{-3}$ it would take
+#    {glue:text}`ex2_epochs_1e-3:,.0f` epochs (and the final norm would be larger, which helps
+#    a little).
 #    ```python
 #    import math
-#    for wd in (2e-2, 1e-3):
-#        print(wd, math.log(333 / 0.115) / (-2 * math.log(1 - 0.1 * wd)))
+#    w2_init = layer_norm2_init[2]
+#    for wd in (quick.weight_decay, 1e-3):
+#        print(wd, math.log(w2_init / (0.01 * final_norm2))
+#              / (-2 * math.log(1 - quick.lr * wd)))
 #    ```
 # 3. $\lambda_j^{(m)} = m\,\lambda_i = 2n\cdot\sigma(-q_i)/(n\,\mathrm{wd}) =
 #    2\sigma(-q_i)/\mathrm{wd}$. Setting it to 0.45 with $\mathrm{wd}=0.02$ gives
 #    $\sigma(-q) = 0.0045$, i.e. $q = \ln(1/0.0045 - 1) \approx 5.4$: samples with
-#    a margin above about 5.4 have multipliers below `lambda_min`.
+#    a larger margin have multipliers below `lambda_min`.
 # 4. ```python
 #    for name in TASKS:
 #        top = torch.argsort(lam[name], descending=True)[:10]

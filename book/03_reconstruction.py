@@ -44,10 +44,10 @@
 # - Use a positive control (start at the true training set) to tell a failing optimiser from
 #   an unreachable minimum.
 #
-# **Runtime**: quick profile ~5-8 min on 2 CPU cores with an empty cache (two trainings and
-# two reconstructions, shared with chapters 2 and 4), well under a minute once they are
-# cached; full profile: the paper's 50,000 reconstruction steps on top of the paper's
-# training, hours on a GPU (not timed in this build).
+# **Runtime** on 2 CPU cores, measured by `benchmarks/chapter_times.py` with the chapters
+# run in order: quick profile {glue:text}`runtime_quick_first` from an empty cache and
+# {glue:text}`runtime_quick_cached` once cached; full profile {glue:text}`runtime_full_first`
+# and {glue:text}`runtime_full_cached`. It reconstructs from chapter 2's models.
 
 # %% [markdown]
 # ## Setup
@@ -69,6 +69,10 @@ from recon.plots import set_style
 
 set_style()
 print(pipeline.describe())
+
+from recon.notebook import glue_runtime
+
+glue_runtime("03_reconstruction")  # the runtime line above, from the committed timings
 
 # %%
 import dataclasses
@@ -385,9 +389,9 @@ glue("steps_paper", paper.steps, display=False)
 # Four differences matter:
 #
 # - **Adam {cite:p}`kingma2015adam` on the candidates.** With the same trained model, SGD with
-#   momentum (the paper's optimiser) stalls, within a CPU budget, at a fit one to two orders
-#   of magnitude worse than Adam's, before any candidate resembles a training image; Adam
-#   gets as low as a run started at the true images (exercise 6 runs both). Adam rescales each
+#   momentum (the paper's optimiser) stalls, within a CPU budget, at a much worse fit than
+#   Adam's, with far fewer candidates that resemble a training image; Adam gets
+#   as low as a run started at the true images (exercise 6 runs both). Adam rescales each
 #   pixel's step by its own gradient history, which matters when the gradient of a double
 #   backward spans many orders of magnitude across pixels.
 # - **The valid-range box.** The paper's box $[-1,1]$ is loose for mean-subtracted images whose
@@ -859,7 +863,7 @@ else:
 #        ev = evaluate_both(r.x, tasks["mnist"].x_train, tasks["mnist"].mean)
 #        print(opt, r.history["stat_rel"][-1], ev["one_to_one"].counts()["ncc>0.8"])
 #    ```
-#    With the same number of steps, SGD's residual ends far above Adam's and few or no
+#    With the same number of steps, SGD's residual ends far above Adam's and far fewer
 #    candidates pass NCC 0.8. Each pixel's gradient in this loss spans orders of magnitude;
 #    SGD takes one step size for all of them, Adam one per pixel.
 # :::

@@ -47,9 +47,10 @@
 # - Test whether recovered images are the margin samples (large multiplier, small margin).
 # - Compare with the paper's baseline: rows of the first-layer weight matrix.
 #
-# **Runtime**: quick profile ~1 min on 2 CPU cores once chapter 3's runs are cached (about
-# 6 min more if this chapter has to train and reconstruct them itself); full profile ~2 min on
-# a GPU once cached (the paper-scale training and reconstruction behind it take hours).
+# **Runtime** on 2 CPU cores, measured by `benchmarks/chapter_times.py` with the chapters
+# run in order: quick profile {glue:text}`runtime_quick_first` from an empty cache and
+# {glue:text}`runtime_quick_cached` once cached; full profile {glue:text}`runtime_full_first`
+# and {glue:text}`runtime_full_cached`. It evaluates chapter 3's reconstructions.
 
 # %% [markdown]
 # ## Setup
@@ -71,6 +72,10 @@ from recon.plots import set_style
 
 set_style()
 print(pipeline.describe())
+
+from recon.notebook import glue_runtime
+
+glue_runtime("04_evaluation")  # the runtime line above, from the committed timings
 
 # %%
 import kornia

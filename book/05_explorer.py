@@ -40,9 +40,10 @@
 # - Explain why the explorer separates data (items) from wiring (widgets), and what that buys
 #   for a static web page: an explorer that works with no kernel, and what it cannot do.
 #
-# **Runtime**: quick profile ~1 min on 2 CPU cores once chapter 3's runs are cached (about
-# 6 min more if this chapter has to train and reconstruct them itself); full profile ~2 min on
-# a GPU once cached (the paper-scale runs behind it take hours).
+# **Runtime** on 2 CPU cores, measured by `benchmarks/chapter_times.py` with the chapters
+# run in order: quick profile {glue:text}`runtime_quick_first` from an empty cache and
+# {glue:text}`runtime_quick_cached` once cached; full profile {glue:text}`runtime_full_first`
+# and {glue:text}`runtime_full_cached`. It shows chapter 3's reconstructions.
 
 # %% [markdown]
 # ## Setup
@@ -64,6 +65,10 @@ from recon.plots import set_style
 
 set_style()
 print(pipeline.describe())
+
+from recon.notebook import glue_runtime
+
+glue_runtime("05_explorer")  # the runtime line above, from the committed timings
 
 # %%
 import json

@@ -40,8 +40,11 @@
 # - Check the paper's qualitative finding (recovered images are margin samples) on our runs.
 # - Know which of the paper's results this book reproduces, at which size, and which not yet.
 #
-# **Runtime**: a few seconds (quick or full profile): the chapter reads committed results.
-# Producing them took the wall times listed in each table (2 CPU cores).
+# **Runtime** on 2 CPU cores, measured by `benchmarks/chapter_times.py` with the chapters
+# run in order: quick profile {glue:text}`runtime_quick_first` from an empty cache and
+# {glue:text}`runtime_quick_cached` once cached; full profile {glue:text}`runtime_full_first`
+# and {glue:text}`runtime_full_cached`. It reads committed results; producing them took the wall
+# times listed in its tables.
 
 # %% [markdown]
 # ## Setup
@@ -63,6 +66,10 @@ from recon.plots import set_style
 
 set_style()
 print(pipeline.describe())
+
+from recon.notebook import glue_runtime
+
+glue_runtime("06_results")  # the runtime line above, from the committed timings
 
 # %%
 import json
@@ -596,8 +603,34 @@ print("runs: reconstruction seeds 0-2 on each trained model (MNIST: training see
 #     --run runs/mnist-n50-bfloat16-s1           # and so on for each model
 # python benchmarks/ablation.py precision runs/mnist-n50-* runs/cifar10-n20-* \
 #     --seeds 0 1 2 --steps 2000 --control
+# python benchmarks/chapter_times.py --profile quick   # the chapters' runtime lines
+# python benchmarks/chapter_times.py --profile full
 # ```
 #
+# How long each chapter of this book takes to execute on the same two cores, run in order
+# from an empty results cache and again once cached (`benchmarks/chapter_times.py`):
+
+# %%
+from recon.notebook import runtimes
+
+timing_files = sorted((RESULTS / "benchmarks").glob("chapter_times-*.json"))
+chapters = sorted({ch for f in timing_files for ch in json.loads(f.read_text())["chapters"]})
+time_rows = []
+for ch in chapters:
+    t = runtimes(ch)
+    row = {"chapter": ch}
+    for prof in ("quick", "full"):
+        for col, label in (("first_run_s", "empty cache"), ("cached_s", "cached")):
+            v = t.get(prof, {}).get(col)
+            row[f"{prof}, {label}"] = ("not timed" if v is None else f"{v:.0f} s" if v < 90
+                                       else f"{v / 60:.1f} min")
+    time_rows.append(row)
+if time_rows:
+    display(Markdown(md_table(time_rows)))
+else:
+    print("no chapter timings under", RESULTS / "benchmarks")
+
+# %% [markdown]
 # ## Exercises
 #
 # 1. Open one `card.json` and find the configuration of the sweep's best trial and the seed

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["glue", "have_myst_nb"]
+__all__ = ["glue", "glue_runtime", "have_myst_nb", "runtimes"]
 
 
 def have_myst_nb() -> bool:
@@ -32,3 +32,40 @@ def glue(name: str, value: Any, display: bool = True) -> None:
         from IPython.display import display as _display
 
         _display(value)
+
+
+def _minutes(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 600 else f"{seconds / 60:.0f} min"
+
+
+def runtimes(chapter: str) -> dict[str, dict[str, float]]:
+    """The measured execution times of ``chapter`` (e.g. ``"02_training"``), per profile, from
+    the committed ``results/benchmarks/chapter_times-<profile>.json`` (written by
+    ``benchmarks/chapter_times.py``): ``{profile: {"first_run_s": ..., "cached_s": ...}}``.
+    Profiles without a timing file, or without this chapter, are left out."""
+    import json
+
+    from .reproduce import results_dir
+
+    out = {}
+    for path in sorted((results_dir() / "benchmarks").glob("chapter_times-*.json")):
+        data = json.loads(path.read_text())
+        row = data.get("chapters", {}).get(chapter)
+        if row:
+            out[data["profile"]] = row
+    return out
+
+
+def glue_runtime(chapter: str) -> dict[str, dict[str, float]]:
+    """Glue the chapter's measured runtimes for its runtime line, as text:
+    ``runtime_<profile>_first`` (empty cache) and ``runtime_<profile>_cached``, for the
+    quick and full profiles ("not timed" where no measurement is committed)."""
+    times = runtimes(chapter)
+    for profile in ("quick", "full"):
+        row = times.get(profile, {})
+        for key, col in (("first", "first_run_s"), ("cached", "cached_s")):
+            value = _minutes(row[col]) if col in row else "not timed"
+            glue(f"runtime_{profile}_{key}", value, display=False)
+    return times

@@ -29,3 +29,21 @@ def test_glue_with_myst_nb_uses_it(monkeypatch):
 def test_glue_rejects_a_bad_name():
     with pytest.raises(ValueError, match="non-empty string"):
         nb.glue("", 1)
+
+
+def test_runtimes_read_the_committed_timings(tmp_path, monkeypatch):
+    import json
+
+    bench = tmp_path / "benchmarks"
+    bench.mkdir()
+    (bench / "chapter_times-quick.json").write_text(json.dumps(
+        {"profile": "quick", "chapters": {"02_training": {"first_run_s": 150.0,
+                                                          "cached_s": 20.0}}}))
+    monkeypatch.setenv("RECON_RESULTS_DIR", str(tmp_path))
+    assert nb.runtimes("02_training") == {"quick": {"first_run_s": 150.0, "cached_s": 20.0}}
+    assert nb.runtimes("09_missing") == {}
+    glued = {}
+    monkeypatch.setattr(nb, "glue", lambda name, value, display=True: glued.update({name: value}))
+    nb.glue_runtime("02_training")
+    assert glued == {"runtime_quick_first": "2.5 min", "runtime_quick_cached": "20 s",
+                     "runtime_full_first": "not timed", "runtime_full_cached": "not timed"}
