@@ -13,17 +13,16 @@ The cache lives in ``RECON_RESULTS_CACHE`` (default ``~/.cache/recon/results``).
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
+from .files import atomic_save, file_lock
 from .provenance import provenance
 
 __all__ = ["cache_dir", "config_key", "cached"]
@@ -43,17 +42,6 @@ def config_key(config: dict) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-@contextmanager
-def _locked(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def cached(kind: str, config: dict, compute: Callable[[], dict], *,
            refresh: bool = False) -> dict:
     """Return ``compute()``'s result for ``config``, computing it only if it is not stored.
@@ -62,7 +50,7 @@ def cached(kind: str, config: dict, compute: Callable[[], dict], *,
     it came from the cache. A stored file that cannot be read is recomputed (and replaced).
     """
     path = cache_dir() / f"{kind}-{config_key(config)}.pt"
-    with _locked(path):
+    with file_lock(path.with_name(path.name + ".lock")):
         if path.is_file() and not refresh:
             try:
                 stored = torch.load(path, map_location="cpu", weights_only=True)
@@ -76,9 +64,7 @@ def cached(kind: str, config: dict, compute: Callable[[], dict], *,
         result = compute()
         meta = {"config": config, "wall_time_s": time.perf_counter() - t0,
                 "provenance": provenance()}
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save({"format": CACHE_FORMAT, "config": config, "meta": meta,
-                    "result": result}, tmp)
-        os.replace(tmp, path)
+        atomic_save({"format": CACHE_FORMAT, "config": config, "meta": meta,
+                     "result": result}, path)
         result["_meta"] = {**meta, "from_cache": False, "path": str(path)}
         return result

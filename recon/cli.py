@@ -37,37 +37,35 @@ from pathlib import Path
 
 import torch
 
+from .hardware import default_device
+
 __all__ = ["main"]
 
 
 def _read_card(run: Path) -> dict:
-    path = run / "run.json"
-    if not path.is_file():
-        return {}
+    from .rundir import read_run_card
+
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise SystemExit(f"error: {path} is not valid JSON ({e}); fix or delete it") from e
+        return read_run_card(run)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from e
 
 
 def _write_card(run: Path, card: dict) -> None:
+    from .files import atomic_write_json
     from .provenance import provenance
 
     card["provenance"] = provenance(card.get("device"))
-    tmp = run / "run.json.tmp"
-    tmp.write_text(json.dumps(card, indent=2) + "\n")
-    tmp.replace(run / "run.json")
+    atomic_write_json(card, run / "run.json", indent=2)
 
 
 def _task_from_card(card: dict, run: Path):
-    from .data import load_task
+    from .rundir import run_task
 
-    if "task" not in card:
-        raise SystemExit(f"error: {run} has no trained model; run `python -m recon train "
-                         f"--run {run}` first")
-    t = card["task"]
-    return load_task(t["name"], t["n_per_class"], t["n_test_per_class"],
-                     skip_per_class=t.get("skip_per_class", 0))
+    try:
+        return run_task(card, run)
+    except FileNotFoundError as e:
+        raise SystemExit(f"error: {e}") from e
 
 
 def cmd_train(args) -> None:
@@ -179,8 +177,7 @@ def cmd_evaluate(args) -> None:
 
 
 def cmd_sweep(args) -> None:
-    import fcntl
-
+    from .files import file_lock
     from .reconstruct import ReconConfig
     from .sweep import pool_trials, run_study, search_space
 
@@ -216,8 +213,7 @@ def cmd_sweep(args) -> None:
         pool = {"trials": res.trials, "missing": res.missing, **res.counts(),
                 "file": str(run / "sweep" / summary["study_name"] / "pool.json")}
         summary["pool"] = pool
-    with open(run / "sweep" / ".run.json.lock", "w") as fh:  # several workers may finish at once
-        fcntl.flock(fh, fcntl.LOCK_EX)
+    with file_lock(run / "sweep" / ".run.json.lock"):  # several workers may finish at once
         card = _read_card(run)
         card.setdefault("sweep", {})[summary["study_name"]] = summary
         _write_card(run, card)
@@ -399,7 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.set_defaults(func=cmd_reproduce)
 
     for s in (t, r, w, rp):
-        s.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+        s.add_argument("--device", default=default_device())
     for s in (t, r, e, w, rp):
         s.add_argument("--quiet", action="store_true", help="no progress bars")
     return p

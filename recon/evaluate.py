@@ -38,6 +38,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 __all__ = [
+    "DivergedError",
     "Evaluation",
     "evaluate",
     "evaluate_both",
@@ -62,6 +63,11 @@ _EPS = 1e-12
 # ---------------------------------------------------------------------------------------------
 # Input checks
 # ---------------------------------------------------------------------------------------------
+
+class DivergedError(ValueError):
+    """Candidates (or their distances) hold NaN/inf: the reconstruction diverged."""
+
+
 def _check_4d(x: Tensor, name: str) -> None:
     if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
@@ -91,7 +97,7 @@ def _check_candidates(candidates: Tensor) -> None:
         )
     if not torch.isfinite(candidates).all():
         n_bad = int((~torch.isfinite(candidates)).flatten(1).any(1).sum())
-        raise ValueError(
+        raise DivergedError(
             f"{n_bad} of {candidates.shape[0]} candidates contain NaN/inf: "
             "the reconstruction diverged (lower the learning rate or check the loss)"
         )
@@ -245,7 +251,7 @@ def match_one_to_one(dist: Tensor) -> Tensor:
         raise ValueError(f"dist must be (n_train, m) with m >= 1, got {tuple(dist.shape)}")
     d = dist.detach().to("cpu", torch.float64).numpy()
     if not np.isfinite(d).all():
-        raise ValueError("dist contains NaN/inf: the reconstruction diverged")
+        raise DivergedError("dist contains NaN/inf: the reconstruction diverged")
     rows, cols = linear_sum_assignment(d)
     out = torch.full((dist.shape[0],), -1, dtype=torch.long)
     out[torch.as_tensor(rows, dtype=torch.long)] = torch.as_tensor(cols, dtype=torch.long)

@@ -17,10 +17,17 @@ import sys
 
 import torch
 
-__all__ = ["PRECISIONS", "bf16_fast", "resolve_precision", "keep_freed_memory"]
+__all__ = ["PRECISIONS", "bf16_fast", "default_device", "resolve_precision",
+           "keep_freed_memory"]
 
 PRECISIONS = ("auto", "full", "bfloat16", "float16")
 HALF = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def default_device() -> str:
+    """``"cuda"`` where a GPU is visible, else ``"cpu"``: the device every entry point (the
+    book's pipeline, ``reproduce``, the command line) uses unless told otherwise."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def bf16_fast(device: torch.device | str) -> bool:

@@ -31,7 +31,7 @@ from scipy.optimize import nnls
 from .models import MLP, check_supported
 from .train import check_binary_data
 
-__all__ = ["KKTDiagnostic", "kkt_diagnostic", "gradient_gram"]
+__all__ = ["KKTDiagnostic", "kkt_diagnostic", "gradient_gram", "stationarity_residual"]
 
 
 @dataclass
@@ -119,6 +119,12 @@ def gradient_gram(
     return K, b, out
 
 
+def _residual2(theta2: float, K: torch.Tensor, b: torch.Tensor, lam: torch.Tensor) -> float:
+    """``||theta - G^T lam||^2 = ||theta||^2 - 2 b.lam + lam^T K lam`` (clipped at 0 against
+    rounding), from the Gram matrix ``K = G G^T`` and ``b = G theta``."""
+    return max(theta2 - 2 * float(b @ lam) + float(lam @ K @ lam), 0.0)
+
+
 def kkt_diagnostic(
     model: MLP, x: torch.Tensor, y: torch.Tensor, alpha: float | None = None
 ) -> KKTDiagnostic:
@@ -130,7 +136,7 @@ def kkt_diagnostic(
     model = check_supported(model)
     check_binary_data(model, x, y)
     K, b, out = gradient_gram(model, x, y, alpha)
-    theta2 = float(sum(p.detach().double().pow(2).sum() for p in model.theta()))
+    theta2 = model.theta_norm2()
     # ||theta - G^T lam||^2 = theta2 - 2 b.lam + lam^T K lam. Write K = A^T A (A = S^1/2 U^T)
     # and b = A^T t, so the problem is the standard NNLS  min ||A lam - t||.
     s, u = torch.linalg.eigh(K.cpu())
@@ -139,8 +145,7 @@ def kkt_diagnostic(
     t = (u[:, keep].T @ b.cpu()) / s[keep].sqrt()
     lam_np, _ = nnls(A.numpy(), t.numpy(), maxiter=50 * len(b))
     lam = torch.from_numpy(np.asarray(lam_np, dtype=np.float64))
-    Kc, bc = K.cpu(), b.cpu()
-    res2 = max(theta2 - 2 * float(bc @ lam) + float(lam @ Kc @ lam), 0.0)
+    res2 = _residual2(theta2, K.cpu(), b.cpu(), lam)
     margin = (y.double().cpu() * out.cpu())
     return KKTDiagnostic(
         lam=lam,
@@ -150,3 +155,23 @@ def kkt_diagnostic(
         unexplained=res2 / theta2,
         theta_norm2=theta2,
     )
+
+
+def stationarity_residual(
+    model: MLP, x: torch.Tensor, y: torch.Tensor, lam: torch.Tensor, alpha: float | None = None
+) -> float:
+    """``||theta - sum_i lam_i y_i grad_theta Phi(theta; x_i)||^2 / ||theta||^2``.
+
+    x: ``(k, *input_shape)``; y, lam: ``(k,)``, multipliers without a ``1/m``. ``alpha``
+    replaces the ReLU's step derivative by ``sigmoid(alpha z)`` as in the reconstruction;
+    ``None`` is exact. Uses the Gram matrix of :func:`gradient_gram`, so it works for any
+    number of points.
+    """
+    check_supported(model)
+    check_binary_data(model, x, y)
+    lam = torch.as_tensor(lam, dtype=torch.float64).cpu()
+    if lam.shape != (len(x),):
+        raise ValueError(f"lam must have shape ({len(x)},), got {tuple(lam.shape)}")
+    K, b, _ = gradient_gram(model, x, y, alpha)
+    theta2 = model.theta_norm2()
+    return _residual2(theta2, K.cpu(), b.cpu(), lam) / theta2

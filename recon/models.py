@@ -124,6 +124,18 @@ class MLP(nn.Module):
         return [p for i, layer in enumerate(self.layers) if i not in self.frozen
                 for p in layer.parameters()]
 
+    @classmethod
+    def from_arch(cls, arch: dict) -> MLP:
+        """An untrained network of the shape ``arch`` (what :meth:`arch` returns and
+        checkpoints store); load its weights with ``load_state_dict``."""
+        return cls(arch["input_shape"], arch["widths"], init_scale=None,
+                   first_bias=arch["first_bias"], frozen=arch.get("frozen", ()))
+
+    def theta_norm2(self, dtype: torch.dtype | None = torch.float64) -> float:
+        """``||theta||^2`` over the trained parameters, accumulated in ``dtype`` (float64 by
+        default; ``None`` keeps the parameters' own dtype)."""
+        return float(sum(p.detach().to(dtype or p.dtype).pow(2).sum() for p in self.theta()))
+
     @property
     def depth(self) -> int:
         """Number of linear layers."""

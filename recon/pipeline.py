@@ -18,6 +18,7 @@ import torch
 
 from .cache import cached
 from .data import BinaryTask, load_task
+from .hardware import default_device
 from .kkt import kkt_diagnostic
 from .models import MLP
 from .reconstruct import ReconConfig, reconstruct
@@ -95,7 +96,8 @@ def profile_name() -> str:
 
 
 def device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    """The device the book's runs use (:func:`recon.hardware.default_device`)."""
+    return default_device()
 
 
 def describe() -> str:
@@ -160,8 +162,7 @@ def trained(name: str, profile: str | None = None, *, config: TrainConfig | None
 
     out = cached("trained", _train_key(name, s, cfg, kkt_every), compute)
     arch = out["arch"]
-    model = MLP(arch["input_shape"], arch["widths"], init_scale=None,
-                first_bias=arch["first_bias"], frozen=arch.get("frozen", ()))
+    model = MLP.from_arch(arch)
     model.load_state_dict(out["state_dict"])
     out["model"] = model.to(getattr(torch, cfg.dtype))
     return out

@@ -50,10 +50,9 @@ def to_display(x: torch.Tensor, mean: torch.Tensor | None = None,
     if mean is not None:
         x = x + mean.detach().cpu().float()
     if minmax:
-        flat = x.reshape(len(x), -1)
-        lo = flat.min(1).values.view(-1, 1, 1, 1)
-        hi = flat.max(1).values.view(-1, 1, 1, 1)
-        x = (x - lo) / (hi - lo).clamp_min(1e-12)
+        from .evaluate import minmax_scale
+
+        x = minmax_scale(x)  # the same scaling the evaluation protocol applies
     return x.clamp(0, 1)
 
 

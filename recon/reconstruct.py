@@ -46,6 +46,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from .files import atomic_save
 from .hardware import HALF, PRECISIONS, keep_freed_memory, resolve_precision
 from .models import MLP, check_supported
 from .provenance import provenance
@@ -61,11 +62,14 @@ __all__ = [
     "balanced_labels",
     "reconstruct",
     "load_reconstruction",
+    "theta_fingerprint",
+    "ADDED_FIELDS",
 ]
 
 RECON_FORMAT = "recon-reconstruction/1"
-# fields added after the format was fixed, with the value that files without them were run with
-_ADDED_FIELDS = {"tv": 0.0, "subspace_tol": 0.0, "matmul": "full"}
+# fields added after the format was fixed, with the value that files without them were run
+# with (public: the sweep uses it to join studies started before a field existed)
+ADDED_FIELDS = {"tv": 0.0, "subspace_tol": 0.0, "matmul": "full"}
 
 
 @dataclass
@@ -261,7 +265,7 @@ def kkt_loss_terms(
     prior = torch.relu(x - hi).pow(2).sum() + torch.relu(lo - x).pow(2).sum()
     if config.tv > 0:
         if theta2 is None:
-            theta2 = float(sum(p.detach().pow(2).sum() for p in model.theta()))
+            theta2 = model.theta_norm2(None)
         tv = config.tv * theta2 * total_variation(x).mean()
     else:
         tv = torch.zeros((), dtype=x.dtype, device=x.device)
@@ -278,7 +282,9 @@ def _optimizers(config: ReconConfig, x: torch.Tensor, lam: torch.Tensor):
             torch.optim.Adam([lam], lr=config.lr_lambda, fused=True))
 
 
-def _theta_fingerprint(model: MLP) -> str:
+def theta_fingerprint(model: MLP) -> str:
+    """A short hash of every parameter of ``model`` (in float64): identifies the weights a
+    reconstruction, a cached basis or a sweep study belongs to."""
     h = hashlib.sha256()
     for p in model.parameters():
         h.update(p.detach().double().cpu().numpy().tobytes())
@@ -304,10 +310,7 @@ def _save(path: Path, res: ReconResult, opts, fingerprint: str, z=None) -> None:
     }
     if z is not None:
         payload["z"] = z.detach().cpu()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    atomic_save(payload, path)
 
 
 def load_reconstruction(path: str | os.PathLike) -> tuple[ReconResult, dict]:
@@ -324,7 +327,7 @@ def load_reconstruction(path: str | os.PathLike) -> tuple[ReconResult, dict]:
     try:
         res = ReconResult(
             x=raw["x"], lam=raw["lam"], y=raw["y"],
-            config=ReconConfig(**{**_ADDED_FIELDS, **raw["config"]}),
+            config=ReconConfig(**{**ADDED_FIELDS, **raw["config"]}),
             history=raw["history"], snapshots={int(k): v for k, v in raw["snapshots"].items()},
             step=raw["step"], wall_time=raw["wall_time"],
         )
@@ -356,7 +359,7 @@ def _start(config: ReconConfig, shape, dtype, x_init, lam_init, y):
 def _resume(path: Path, config: ReconConfig, fingerprint: str):
     """The saved run at ``path`` if it is this config's run on these weights, else an error."""
     prev, raw = load_reconstruction(path)
-    saved = {**_ADDED_FIELDS, **raw["config"]}  # files from before a field existed
+    saved = {**ADDED_FIELDS, **raw["config"]}  # files from before a field existed
     same = {k: v for k, v in saved.items() if k != "steps"} == {
         k: v for k, v in config.to_dict().items() if k != "steps"}
     if not same or raw["theta_fingerprint"] != fingerprint:
@@ -415,7 +418,7 @@ def reconstruct(
     dtype = torch.float64 if config.dtype == "float64" else torch.float32
     device = torch.device(device) if device is not None else next(model.parameters()).device
     net = copy.deepcopy(model).to(device, dtype)
-    fingerprint = _theta_fingerprint(net)
+    fingerprint = theta_fingerprint(net)
     m = config.n_candidates
     shape = (m, *net.input_shape)
     x0, lam0, y = _start(config, shape, dtype, x_init, lam_init, y)

@@ -237,6 +237,8 @@ def reproduce(
     """
     from .data import load_task
     from .evaluate import evaluate
+    from .files import atomic_write_json
+    from .hardware import default_device
     from .pipeline import settings
     from .provenance import provenance
     from .reconstruct import ReconConfig
@@ -260,7 +262,7 @@ def reproduce(
                           **({"steps": steps} if steps else {}),
                           **({"tv": tv} if tv is not None else {}),
                           **({"matmul": matmul} if matmul is not None else {})})
-    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dev = device or default_device()
     out = Path(out) if out is not None else default_out(task, profile, data.n)
     out.mkdir(parents=True, exist_ok=True)
     card_path = out / "card.json"
@@ -275,9 +277,7 @@ def reproduce(
     def save():
         card["wall_time_s"] = wall
         card["provenance"] = provenance(dev)
-        tmp = out / "card.json.tmp"
-        tmp.write_text(json.dumps(card, indent=1) + "\n")
-        tmp.replace(card_path)
+        atomic_write_json(card, card_path)
 
     card.update(format=CARD_FORMAT, profile=profile, device=dev, complete=False,
                 task={"name": data.name, "n_per_class": npc, "n": data.n,
@@ -298,7 +298,7 @@ def reproduce(
     run_json = {"task": {"name": data.name, "n_per_class": npc,
                          "n_test_per_class": int(len(data.y_test)) // 2, "n": data.n,
                          "source": data.source}, "device": dev}
-    (out / "run.json").write_text(json.dumps(run_json, indent=1) + "\n")
+    atomic_write_json(run_json, out / "run.json")
     save()
 
     # 2. sweep ------------------------------------------------------------------------------

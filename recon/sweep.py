@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import fcntl
 import json
 import math
 import os
@@ -64,16 +63,16 @@ import socket
 import time
 import warnings
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from .evaluate import Evaluation, evaluate_both, sweep_score
+from .evaluate import DivergedError, Evaluation, evaluate_both, sweep_score
+from .files import atomic_save, atomic_write_json, file_lock
 from .models import MLP
 from .provenance import provenance
-from .reconstruct import _ADDED_FIELDS, ReconConfig, reconstruct, stationarity_loss
+from .reconstruct import ADDED_FIELDS, ReconConfig, reconstruct, stationarity_loss
 
 __all__ = [
     "OBJECTIVES",
@@ -89,7 +88,6 @@ __all__ = [
     "run_study",
     "search_space",
     "study_summary",
-    "trial_table",
 ]
 
 TRIAL_FORMAT = "recon-sweep-trial/1"
@@ -176,17 +174,6 @@ def default_storage_url(run: str | os.PathLike) -> str:
     return f"sqlite:///{(_sweep_dir(Path(run)) / 'optuna.db').resolve()}"
 
 
-@contextmanager
-def _file_lock(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def _with_driver(url: str) -> str:
     """``postgresql://...`` names no driver; SQLAlchemy 2.1 then wants psycopg 3, older ones
     psycopg2. Use whichever is installed (psycopg2-binary is a dependency of recon)."""
@@ -220,7 +207,7 @@ def make_storage(url: str, *, heartbeat_interval: int | None = 10,
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if url.startswith("sqlite:///"):
             path = Path(url[len("sqlite:///"):])
-            with _file_lock(path.with_name(path.name + ".lock")):
+            with file_lock(path.with_name(path.name + ".lock")):
                 return optuna.storages.RDBStorage(
                     url, engine_kwargs={"connect_args": {"timeout": 120}}, **kw)
         last = None
@@ -238,23 +225,18 @@ def make_storage(url: str, *, heartbeat_interval: int | None = 10,
 # Model, task, study
 # ---------------------------------------------------------------------------------------------
 def _load_run(run: Path):
-    from .data import load_task
-    from .reconstruct import _theta_fingerprint
+    from .reconstruct import theta_fingerprint
+    from .rundir import read_run_card, run_task
     from .train import load_checkpoint
 
-    card_path = run / "run.json"
-    if not card_path.is_file() or not (run / "model.pt").is_file():
+    if not (run / "run.json").is_file() or not (run / "model.pt").is_file():
         raise FileNotFoundError(
             f"{run} holds no trained model (run.json + model.pt); run `python -m recon train "
             f"--run {run}` first"
         )
-    card = json.loads(card_path.read_text())
-    if "task" not in card:
-        raise FileNotFoundError(f"{card_path} has no task; run `python -m recon train` first")
-    t = card["task"]
-    task = load_task(t["name"], t["n_per_class"], t["n_test_per_class"])
+    task = run_task(read_run_card(run), run)
     trained, _ = load_checkpoint(run / "model.pt")
-    return trained.model, task, _theta_fingerprint(trained.model)
+    return trained.model, task, theta_fingerprint(trained.model)
 
 
 def default_study_name(task_name: str, n: int, fingerprint: str, objective: str) -> str:
@@ -320,7 +302,7 @@ def kkt_residual(model: MLP, x: torch.Tensor, lam: torch.Tensor, y: torch.Tensor
     for p in net.theta():
         p.requires_grad_(True)
     x, lam, y = (t.detach().to(p0.device, p0.dtype) for t in (x, lam, y))
-    theta2 = float(sum(p.detach().pow(2).sum() for p in net.theta()))
+    theta2 = net.theta_norm2(None)
     return float(stationarity_loss(net, x, lam, y, None).detach()) / theta2
 
 
@@ -366,13 +348,6 @@ def load_trial(path: str | os.PathLike) -> dict:
     if not isinstance(raw, dict) or raw.get("format") != TRIAL_FORMAT:
         raise ValueError(f"{path} is not a recon sweep trial file ({TRIAL_FORMAT})")
     return raw
-
-
-def _save_atomic(payload: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
 
 
 @dataclass
@@ -438,9 +413,7 @@ def _objective(ctx: _Ctx, trial) -> float:
                 trial.set_user_attr("wall_time_s", time.perf_counter() - t0)
                 _unlink(ckpts)
                 raise optuna.TrialPruned(f"pruned at step {b}")
-    except (FloatingPointError, ValueError) as e:
-        if isinstance(e, ValueError) and "NaN" not in str(e) and "inf" not in str(e):
-            raise
+    except (FloatingPointError, DivergedError) as e:
         trial.set_user_attr("diverged", str(e)[:300])
         trial.set_user_attr("wall_time_s", time.perf_counter() - t0)
         _unlink(ckpts)
@@ -464,7 +437,7 @@ def _objective(ctx: _Ctx, trial) -> float:
     counts = {name: ev.counts() for name, ev in evs.items()}
     wall = time.perf_counter() - t0
     path = _trial_path(ctx.sdir, trial.number)
-    _save_atomic({
+    atomic_save({
         "format": TRIAL_FORMAT, "study": ctx.study_name, "trial": trial.number,
         "objective": ctx.objective, "value": float(value), "params": params,
         "config": config.to_dict(), "runs": n_runs, "x": x, "lam": lam, "y": y,
@@ -485,7 +458,7 @@ def _base_meta(base: ReconConfig) -> dict:
     """The base config as stored with a study; options that are off and were added later (TV
     prior, subspace) are left out, so studies started before they existed can be joined."""
     d = base.to_dict()
-    for key, off in _ADDED_FIELDS.items():
+    for key, off in ADDED_FIELDS.items():
         if d.get(key) == off:
             del d[key]
     return d
@@ -683,20 +656,6 @@ def _cleanup(study, sdir: Path) -> None:
             f.unlink(missing_ok=True)
 
 
-def trial_table(study) -> list[dict]:
-    """One row per trial: number, state, value, params and the recorded scores and counts."""
-    rows = []
-    for t in study.get_trials(deepcopy=False):
-        if t.user_attrs.get("surplus"):
-            continue
-        row = {"number": t.number, "state": t.state.name, "value": t.value, **t.params}
-        row.update({k: v for k, v in t.user_attrs.items()})
-        if t.intermediate_values:
-            row["last_step"] = max(t.intermediate_values)
-        rows.append(row)
-    return rows
-
-
 def compare_scores(study, attacker: str = "kkt_residual", oracle: str = "paper_score") -> dict:
     """How well an attacker's score finds what the oracle finds, over the complete trials.
 
@@ -751,6 +710,9 @@ def study_summary(study, *, n_trials: int | None = None, storage: str | None = N
         out["best"] = {"number": b.number, "value": b.value, "params": b.params,
                        **{k: b.user_attrs.get(k) for k in
                           ("paper_score", "kkt_residual", "counts", "artefact", "worker")}}
+    attacker = {"kkt": "kkt_residual", "agreement": "agreement"}.get(out["objective"])
+    if attacker is not None:  # does the attacker's objective rank trials as the oracle would?
+        out["attacker_vs_oracle"] = compare_scores(study, attacker=attacker)
     if run is not None:
         out["dir"] = str(_sweep_dir(Path(run)) / study.study_name)
     return out
@@ -846,8 +808,5 @@ def pool_trials(
     res = PoolResult(chosen, pool, best, chosen[0], missing, study.study_name,
                      study.user_attrs.get("objective", ""), torch.cat(xs))
     if write and rank_by is None:
-        out = sdir / "pool.json"
-        tmp = out.with_name(f"pool.json.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(res.to_dict(), indent=1) + "\n")
-        os.replace(tmp, out)
+        atomic_write_json(res.to_dict(), sdir / "pool.json")
     return res

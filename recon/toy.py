@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from matplotlib.colors import ListedColormap
 
-from .kkt import gradient_gram
+from .kkt import stationarity_residual  # re-exported for chapter 1
 from .models import MLP, check_supported
 from .train import check_binary_data, margins
 
@@ -100,27 +100,6 @@ def weight_decay_multipliers(
     with torch.no_grad():
         m = margins(model, x.to(p), y.to(p)).double().cpu()
     return torch.sigmoid(-m) / (len(x) * weight_decay), m
-
-
-def stationarity_residual(
-    model: MLP, x: torch.Tensor, y: torch.Tensor, lam: torch.Tensor, alpha: float | None = None
-) -> float:
-    """``||theta - sum_i lam_i y_i grad_theta Phi(theta; x_i)||^2 / ||theta||^2``.
-
-    x: ``(k, 2)``; y, lam: ``(k,)``. ``alpha`` replaces the ReLU's step derivative by
-    ``sigmoid(alpha z)`` as in the reconstruction; ``None`` is exact. Uses the factorised Gram
-    matrix of :func:`recon.kkt.gradient_gram`, so it works for any number of points.
-    """
-    check_supported(model)
-    check_binary_data(model, x, y)
-    lam = torch.as_tensor(lam, dtype=torch.float64).cpu()
-    if lam.shape != (len(x),):
-        raise ValueError(f"lam must have shape ({len(x)},), got {tuple(lam.shape)}")
-    K, b, _ = gradient_gram(model, x, y, alpha)
-    K, b = K.cpu(), b.cpu()
-    theta2 = float(sum(p.detach().double().pow(2).sum() for p in model.theta()))
-    res2 = theta2 - 2 * float(b @ lam) + float(lam @ K @ lam)
-    return max(res2, 0.0) / theta2
 
 
 def nearest_same_label(

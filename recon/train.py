@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .files import atomic_save
 from .hardware import HALF, PRECISIONS, keep_freed_memory, resolve_precision
 from .models import MLP, check_supported
 from .provenance import provenance
@@ -139,7 +140,7 @@ def logistic_loss(model: MLP, x: torch.Tensor, y: torch.Tensor, autocast=None) -
 
 
 def _param_norm2(model: MLP) -> float:
-    return float(sum(p.detach().pow(2).sum() for p in model.theta()))
+    return model.theta_norm2(None)
 
 
 def _log(model, x, y, x_test, y_test, history, epoch, loss, callback=None) -> None:
@@ -184,9 +185,7 @@ def save_checkpoint(
     }
     if optimizer is not None:
         payload["optimizer"] = optimizer.state_dict()
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    atomic_save(payload, path)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> tuple[TrainResult, dict]:
@@ -212,8 +211,7 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> tuple[TrainR
         )
     arch = raw.get("arch", {})
     try:
-        model = MLP(arch["input_shape"], arch["widths"], init_scale=None,
-                    first_bias=arch["first_bias"], frozen=arch.get("frozen", ()))
+        model = MLP.from_arch(arch)
         # cast before loading so float64 weights are not rounded through float32
         model = model.to(DTYPES.get(raw.get("dtype"), torch.float32))
         model.load_state_dict(raw["state_dict"])

@@ -296,9 +296,11 @@ def test_bad_inputs_raise_clear_errors():
         evaluate(cand[:0], x_train, mean)
     bad = cand.clone()
     bad[2, 0, 0, 0] = math.nan
-    with pytest.raises(ValueError, match="diverged"):
+    from recon.evaluate import DivergedError
+
+    with pytest.raises(DivergedError, match="diverged"):  # a ValueError, typed for the sweep
         evaluate(bad, x_train, mean)
-    with pytest.raises(ValueError, match="diverged"):
+    with pytest.raises(DivergedError, match="diverged"):
         sweep_score(bad, x_train)
     with pytest.raises(ValueError, match="matching"):
         evaluate(cand, x_train, mean, matching="greedy")

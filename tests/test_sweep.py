@@ -217,6 +217,14 @@ def test_kkt_objective_prunes_on_intermediate_values(tiny_run):
             assert t.user_attrs["paper_score"] > 0
     # the attacker's pool (ranked by the objective) and the oracle's (ranked by paper_score)
     complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+    # the summary says how the attacker's ranking agrees with the oracle's
+    agree = summary["attacker_vs_oracle"]
+    assert agree["n"] == len(complete)
+    if len(complete) >= 2:
+        assert agree["attacker_pick"] == min(complete, key=lambda t: t.value).number
+        assert agree["oracle_best"] == min(
+            complete, key=lambda t: t.user_attrs["paper_score"]).number
+        assert -1 <= agree["spearman"] <= 1
     by_oracle = pool_trials(tiny_run, 1, study_name="kkt", rank_by="paper_score")
     by_kkt = pool_trials(tiny_run, 1, study_name="kkt")
     assert by_oracle.trials == [min(complete, key=lambda t: t.user_attrs["paper_score"]).number]
