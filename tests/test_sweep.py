@@ -291,7 +291,7 @@ def test_chunked_trial_matches_one_uninterrupted_run(tiny_run):
     """Intermediate values come from resuming the run chunk by chunk; the result must be the
     run reconstruct() gives in one go with the same config."""
     from recon.reconstruct import reconstruct
-    from recon.sweep import _load_run
+    from recon.sweep.storage import _load_run
 
     summary = run_study(tiny_run, 1, base=ReconConfig(n_candidates=20, steps=40),
                         study_name="chunks", space="cpu", report_every=10, pruner="none",
