@@ -90,7 +90,7 @@ def cmd_train(args) -> None:
     card.update(
         device=args.device,
         task={"name": task.name, "n_per_class": args.n_per_class,
-              "n_test_per_class": args.n_test_per_class, "n": task.n, "source": task.source,
+              "n_test_per_class": args.n_test_per_class, "n": task.n, "source": task.source_kind,
               **({"skip_per_class": args.skip_per_class} if args.skip_per_class else {})},
         train={"config": config.to_dict(), "epochs_done": res.epoch, "wall_time_s": res.wall_time,
                "final": res.final()},
@@ -258,67 +258,101 @@ MATMUL_HELP = ("precision of the matrix products: auto (bfloat16 on CPUs with AM
                "BF16 and on Ampere or newer GPUs, else full), full, bfloat16, float16")
 
 
+class _FMT(argparse.HelpFormatter):
+    """Every option's help shows its default, unless it says it already or has none."""
+
+    def _get_help_string(self, action):
+        h = action.help or ""
+        if ("default" in h or action.default in (None, argparse.SUPPRESS) or action.required
+                or action.nargs == 0):
+            return h
+        return f"{h} (default: %(default)s)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .hardware import PRECISIONS
+    from .reconstruct import ReconConfig
     from .train import TrainConfig
+
+    cpu, paper = ReconConfig(), ReconConfig.paper()
+
+    def preset(field: str, text: str) -> str:
+        return (f"{text} (default: the preset's, cpu {getattr(cpu, field)}, "
+                f"paper {getattr(paper, field)})")
 
     p = argparse.ArgumentParser(prog="python -m recon", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train the paper's MLP on a binary task")
+    t = sub.add_parser("train", formatter_class=_FMT, help="train the paper's MLP on a binary task")
     t.add_argument("--run", required=True, help="run directory to write")
-    t.add_argument("--task", choices=("mnist", "cifar10"), default="mnist")
-    t.add_argument("--n-per-class", type=int, default=250, help="paper: 250 (n = 500)")
-    t.add_argument("--n-test-per-class", type=int, default=500)
+    t.add_argument("--task", choices=("mnist", "cifar10"), default="mnist",
+                   help="the paper's binary task")
+    t.add_argument("--n-per-class", type=int, default=250,
+                   help="training images per class (paper: 250, n = 500)")
+    t.add_argument("--n-test-per-class", type=int, default=500,
+                   help="test images per class")
     t.add_argument("--skip-per-class", type=int, default=0,
                    help="train on the images after the first K of each class: a shadow "
-                        "model on images disjoint from the paper's (default 0)")
+                        "model on images disjoint from the paper's")
     t.add_argument("--widths", default="1000,1000", help="hidden widths, comma separated")
-    t.add_argument("--init-scale", type=float, default=1e-4)
-    t.add_argument("--lr", type=float, default=0.01)
-    t.add_argument("--weight-decay", type=float, default=0.0)
-    t.add_argument("--epochs", type=int, default=10_000, help="paper: 1000000")
-    t.add_argument("--dtype", choices=("float32", "float64"), default="float64")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--init-scale", type=float, default=1e-4,
+                   help="std of the first layer's initial weights")
+    t.add_argument("--lr", type=float, default=0.01, help="learning rate")
+    t.add_argument("--weight-decay", type=float, default=0.0, help="weight decay (paper: 0)")
+    t.add_argument("--epochs", type=int, default=10_000, help="training epochs (paper: 1000000)")
+    t.add_argument("--dtype", choices=("float32", "float64"), default="float64",
+                   help="parameter dtype")
+    t.add_argument("--seed", type=int, default=0, help="initialisation seed")
     t.add_argument("--matmul", choices=PRECISIONS, default=TrainConfig().matmul,
                    help=MATMUL_HELP)
-    t.add_argument("--log-every", type=int, default=100)
-    t.add_argument("--checkpoint-every", type=int, default=1000)
+    t.add_argument("--log-every", type=int, default=100, help="epochs between logged metrics")
+    t.add_argument("--checkpoint-every", type=int, default=1000,
+                   help="epochs between checkpoints (a rerun resumes from the last)")
     t.set_defaults(func=cmd_train)
 
-    r = sub.add_parser("reconstruct", help="reconstruct training images from the weights")
+    r = sub.add_parser("reconstruct", formatter_class=_FMT,
+                       help="reconstruct training images from the weights")
     r.add_argument("--run", required=True, help="run directory with model.pt")
     r.add_argument("--preset", choices=("cpu", "paper"), default="cpu",
                    help="cpu: Adam + valid box (measured to work on a CPU budget); "
                         "paper: SGD momentum, [-1,1] box, 50000 steps")
     r.add_argument("--candidates", type=int, help="number of candidates m (default 2n)")
-    r.add_argument("--steps", type=int)
-    r.add_argument("--lr-x", type=float)
-    r.add_argument("--lr-lambda", type=float)
-    r.add_argument("--init-scale", type=float)
-    r.add_argument("--lambda-min", type=float)
-    r.add_argument("--alpha", type=float)
-    r.add_argument("--optimizer", choices=("adam", "sgd"))
-    r.add_argument("--box", choices=("valid", "paper"))
-    r.add_argument("--dtype", choices=("float32", "float64"))
-    r.add_argument("--seed", type=int)
-    r.add_argument("--tv", type=float, help="weight of a total-variation image prior, relative "
-                                            "to ||theta||^2 (default 0: off)")
-    r.add_argument("--subspace-tol", type=float,
-                   help="keep candidates in the first layer's row space (singular values above "
-                        "this times the largest; 0: off, needed for a frozen first layer)")
+    r.add_argument("--steps", type=int, help=preset("steps", "optimisation steps"))
+    r.add_argument("--lr-x", type=float, help=preset("lr_x", "learning rate of the candidates"))
+    r.add_argument("--lr-lambda", type=float,
+                   help=preset("lr_lambda", "learning rate of the multipliers"))
+    r.add_argument("--init-scale", type=float,
+                   help=preset("init_scale", "std of the candidates' random start"))
+    r.add_argument("--lambda-min", type=float,
+                   help=preset("lambda_min", "floor of the multipliers (1/m convention)"))
+    r.add_argument("--alpha", type=float,
+                   help=preset("alpha", "steepness of the ReLU's soft backward"))
+    r.add_argument("--optimizer", choices=("adam", "sgd"), help=preset("optimizer", "optimiser"))
+    r.add_argument("--box", choices=("valid", "paper"),
+                   help=preset("box", "pixel box: the valid range, or the paper's [-1, 1]"))
+    r.add_argument("--dtype", choices=("float32", "float64"),
+                   help=preset("dtype", "dtype of the candidates"))
+    r.add_argument("--seed", type=int, help=preset("seed", "seed of the random start"))
+    r.add_argument("--tv", type=float, help=preset(
+        "tv", "weight of a total-variation image prior, relative to ||theta||^2 (0: off)"))
+    r.add_argument("--subspace-tol", type=float, help=preset(
+        "subspace_tol", "keep candidates in the first layer's row space (singular values "
+        "above this times the largest; 0: off, needed for a frozen first layer)"))
     r.add_argument("--matmul", choices=PRECISIONS, help=MATMUL_HELP)
-    r.add_argument("--checkpoint-every", type=int, default=500)
+    r.add_argument("--checkpoint-every", type=int, default=500,
+                   help="steps between checkpoints (a rerun resumes from the last)")
     r.set_defaults(func=cmd_reconstruct)
 
-    e = sub.add_parser("evaluate", help="match candidates to the training set, SSIM, figures")
-    e.add_argument("--run", required=True)
-    e.add_argument("--max-pairs", type=int, default=40)
+    e = sub.add_parser("evaluate", formatter_class=_FMT,
+                       help="match candidates to the training set, SSIM, figures")
+    e.add_argument("--run", required=True, help="run directory with a reconstruction")
+    e.add_argument("--max-pairs", type=int, default=40, help="pairs shown in the figures")
     e.set_defaults(func=cmd_evaluate)
 
     w = sub.add_parser(
-        "sweep", help="hyperparameter sweep of the reconstruction (Optuna), pooled candidates",
+        "sweep", formatter_class=_FMT,
+        help="hyperparameter sweep of the reconstruction (Optuna), pooled candidates",
         description="Run, join or resume the Optuna study of RUN's model until it holds "
                     "--trials finished trials, then pool the best trials' candidates. Several "
                     "processes running the same command share the study: by default through "
@@ -342,12 +376,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "seeds: nothing searched, one seed per trial")
     w.add_argument("--preset", choices=("cpu", "paper"), default="cpu",
                    help="fixed settings of every trial, as in `reconstruct`")
-    w.add_argument("--steps", type=int)
+    w.add_argument("--steps", type=int, help=preset("steps", "steps per trial"))
     w.add_argument("--candidates", type=int, help="number of candidates m (default 2n)")
-    w.add_argument("--lr-lambda", type=float)
-    w.add_argument("--optimizer", choices=("adam", "sgd"))
-    w.add_argument("--box", choices=("valid", "paper"))
-    w.add_argument("--dtype", choices=("float32", "float64"))
+    w.add_argument("--lr-lambda", type=float,
+                   help=preset("lr_lambda", "learning rate of the multipliers"))
+    w.add_argument("--optimizer", choices=("adam", "sgd"), help=preset("optimizer", "optimiser"))
+    w.add_argument("--box", choices=("valid", "paper"), help=preset("box", "pixel box"))
+    w.add_argument("--dtype", choices=("float32", "float64"),
+                   help=preset("dtype", "dtype of the candidates"))
     w.add_argument("--seed", type=int, help="trial t uses seed + t")
     w.add_argument("--matmul", choices=PRECISIONS, help=MATMUL_HELP)
     w.add_argument("--pruner", choices=("median", "hyperband", "none"), default=None,
@@ -356,7 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "(default steps/10)")
     w.add_argument("--sampler", choices=("tpe", "random"), default="tpe",
                    help="random: the paper's random search")
-    w.add_argument("--sampler-seed", type=int)
+    w.add_argument("--sampler-seed", type=int,
+                   help="seed of the sampler (one worker: reproducible)")
     w.add_argument("--pool-top", type=int, default=5,
                    help="pool the candidates of the best K trials (0: no pooling)")
     w.add_argument("--timeout", type=float, help="seconds after which this worker starts no "
@@ -370,8 +407,9 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--threads", type=int, help="torch CPU threads of this worker")
     w.set_defaults(func=cmd_sweep)
 
-    rp = sub.add_parser("reproduce", help="the paper's experiment end to end: train, sweep, "
-                                          "pool, evaluate; writes a run card and figures")
+    rp = sub.add_parser("reproduce", formatter_class=_FMT,
+                        help="the paper's experiment end to end: train, sweep, pool, evaluate; "
+                             "writes a run card and figures")
     rp.add_argument("task", choices=("mnist", "cifar10"))
     rp.add_argument("--profile", choices=("quick", "full", "paper"), default="quick",
                     help="quick: minutes on a laptop CPU; full: n = 500 with the best "
@@ -395,7 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.set_defaults(func=cmd_reproduce)
 
     for s in (t, r, w, rp):
-        s.add_argument("--device", default=default_device())
+        s.add_argument("--device", default=default_device(), help="torch device")
     for s in (t, r, e, w, rp):
         s.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
@@ -410,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except (DataUnavailableError, CheckpointError, UnsupportedModelError, FileNotFoundError,
-            ValueError) as e:
+            ValueError, FloatingPointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -121,6 +121,13 @@ class BinaryTask:
     index_test: torch.Tensor  #: (n_test,) int64 position in the source's test split
 
     @property
+    def source_kind(self) -> str:
+        """``source`` without the machine's path (``"npz:mnist.npz"``, ``"torchvision"``):
+        what run cards record, so that a committed card names no local folder."""
+        kind, _, where = self.source.partition(":")
+        return f"{kind}:{os.path.basename(where)}" if kind == "npz" else kind
+
+    @property
     def n(self) -> int:
         """Number of training images."""
         return int(self.x_train.shape[0])

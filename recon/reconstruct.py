@@ -64,12 +64,21 @@ __all__ = [
     "load_reconstruction",
     "theta_fingerprint",
     "ADDED_FIELDS",
+    "ReconstructionDiverged",
 ]
 
 RECON_FORMAT = "recon-reconstruction/1"
 # fields added after the format was fixed, with the value that files without them were run
 # with (public: the sweep uses it to join studies started before a field existed)
 ADDED_FIELDS = {"tv": 0.0, "subspace_tol": 0.0, "matmul": "full"}
+# a run whose stationarity residual ends above this many times ||theta||^2 exploded (a random
+# start is at about 1; working runs end near 0.01)
+EXPLODED_STAT_REL = 10.0
+
+
+class ReconstructionDiverged(FloatingPointError):
+    """The reconstruction blew up: a non-finite loss, or a residual that ends many times larger
+    than ``||theta||^2``. The last checkpoint, if any, is kept for inspection."""
 
 
 @dataclass
@@ -522,9 +531,10 @@ def reconstruct(
             tv = torch.zeros((), dtype=dtype, device=device)
         loss = stat + lam_pen + prior + tv
         if not torch.isfinite(loss):
-            raise FloatingPointError(
+            raise ReconstructionDiverged(
                 f"reconstruction diverged at step {step} (loss {loss.item()}); lower lr_x or "
                 "lr_lambda, or rescale the model's weights"
+                + (f" (last checkpoint kept: {path})" if path is not None else "")
             )
         with torch.no_grad():
             if basis is None:
@@ -558,4 +568,10 @@ def reconstruct(
         save()
     res.x = current_x()
     res.lam = lam.detach().cpu()
+    final = res.history["stat_rel"][-1] if res.history["stat_rel"] else 0.0
+    if final > EXPLODED_STAT_REL:
+        raise ReconstructionDiverged(
+            f"reconstruction exploded: the stationarity residual ends at {final:.3g} x "
+            f"||theta||^2 after {res.step} steps (a random start is at about 1); lower lr_x or "
+            "lr_lambda" + (f" (the run is saved for inspection: {path})" if path else ""))
     return res

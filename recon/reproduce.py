@@ -281,7 +281,7 @@ def reproduce(
 
     card.update(format=CARD_FORMAT, profile=profile, device=dev, complete=False,
                 task={"name": data.name, "n_per_class": npc, "n": data.n,
-                      "n_test": int(len(data.y_test)), "source": data.source},
+                      "n_test": int(len(data.y_test)), "source": data.source_kind},
                 config={"train": tcfg.to_dict(), "recon_base": rcfg.to_dict(), "sweep": sw})
 
     # 1. train ------------------------------------------------------------------------------
@@ -297,7 +297,7 @@ def reproduce(
     # run.json lets the sweep find the task (the format `python -m recon train` writes)
     run_json = {"task": {"name": data.name, "n_per_class": npc,
                          "n_test_per_class": int(len(data.y_test)) // 2, "n": data.n,
-                         "source": data.source}, "device": dev}
+                         "source": data.source_kind}, "device": dev}
     atomic_write_json(run_json, out / "run.json")
     save()
 

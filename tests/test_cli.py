@@ -41,6 +41,21 @@ def test_train_reconstruct_evaluate_writes_a_run_directory(tmp_path, data_dir, m
     assert "ssim>0.4" in card["evaluate"]["one_to_one"]["counts"]
     # the PNG is a real image
     assert (run / "pairs.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # a run that blows up is an error with a non-zero exit, not a success
+    boom = tmp_path / "boom"
+    boom.mkdir()
+    for name in ("model.pt", "run.json"):
+        (boom / name).write_bytes((run / name).read_bytes())
+    import contextlib
+    import io
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(["reconstruct", "--steps", "20", "--lr-x", "1e6", "--run", str(boom),
+                     "--quiet"])
+    assert code == 2
+    assert "exploded" in err.getvalue() or "diverged" in err.getvalue(), err.getvalue()
+    assert (boom / "reconstruction.pt").is_file()  # kept for inspection
 
 
 def test_reconstruct_without_a_trained_model_says_what_to_do(tmp_path, capsys):
@@ -64,3 +79,17 @@ def test_missing_data_directory_is_a_clear_error(tmp_path, monkeypatch, capsys):
     assert main(["train", "--run", str(tmp_path / "r"), "--n-per-class", "2", "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "RECON_DATA_DIR" in err and "mnist.npz" in err
+
+
+def test_every_option_has_help():
+    """`python -m recon CMD --help` explains every option (and shows defaults)."""
+    import argparse
+
+    from recon.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    missing = [f"{cmd} {'/'.join(a.option_strings)}" for cmd, p in sub.choices.items()
+               for a in p._actions if a.option_strings and not a.help]
+    assert not missing, missing
+    text = sub.choices["train"].format_help()
+    assert "(default: 1000,1000)" in text and "(default: 0.01)" in text

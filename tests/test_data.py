@@ -297,3 +297,11 @@ def test_skip_per_class_gives_a_disjoint_shadow_task(data_dir):
     assert not torch.equal(first.mean, shadow.mean)
     with pytest.raises(ValueError, match="skip_per_class"):
         load_task("mnist", 6, 3, data_dir=data_dir, skip_per_class=-1)
+
+
+def test_source_kind_names_no_machine_path(data_dir):
+    from recon.data import load_task
+
+    task = load_task("mnist", 2, 2)
+    assert task.source.startswith("npz:") and str(data_dir) in task.source
+    assert task.source_kind == "npz:mnist.npz"

@@ -320,3 +320,16 @@ def test_seeds_space_runs_the_recipe_with_one_seed_per_trial(tiny_run):
     assert not torch.equal(arts[0]["x"], arts[1]["x"])
     assert {k: v for k, v in arts[0]["config"].items() if k != "seed"} == {
         k: v for k, v in base.to_dict().items() if k != "seed"}
+
+
+def test_postgres_driver_is_optional_with_a_clear_error(monkeypatch):
+    import importlib.util
+
+    from recon.sweep.storage import _with_driver
+
+    assert _with_driver("sqlite:///x.db") == "sqlite:///x.db"
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name.startswith("psycopg") else real(name, *a))
+    with pytest.raises(ImportError, match=r"recon\[postgres\]"):
+        _with_driver("postgresql://u@h/db")
