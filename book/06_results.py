@@ -494,12 +494,9 @@ glue("speed_train_bf16_gain", cifar["train", "bfloat16"]["ours_epochs_per_s"]
 #
 # 1. **Row-space coordinates.** Each candidate is held as its coordinates $z$ in an orthonormal
 #    basis $B$ of the first layer's row space ($x = Bz$, Chapter 3). The first layer then sees
-#    $W_1B$, a $1000	imes k$ matrix with $k$ = the rank, instead of $1000	imes D$, and its
+#    $W_1B$, a $1000\times k$ matrix with $k$ = the rank, instead of $1000\times D$, and its
 #    part of the residual splits exactly,
-#    $\lVert W_1-GB^	op
-# Vert^2=\lVert W_1B-G
-# Vert^2+\lVert W_1(I-BB^	op)
-# Vert^2$, with a
+#    $\lVert W_1-GB^\top\rVert^2=\lVert W_1B-G\rVert^2+\lVert W_1(I-BB^\top)\rVert^2$, with a
 #    constant second term. The optimiser still takes its step in pixel space, so the
 #    trajectory is the one of projecting $x$ back onto the span after every step (a test
 #    checks this to rounding in float64).

@@ -86,3 +86,12 @@ def test_install_cells_use_the_configured_repository():
     p = subprocess.run([sys.executable, str(ROOT / "_ext" / "repository.py"), "--check"],
                        capture_output=True, text=True)
     assert p.returncode == 0, p.stdout + p.stderr
+
+
+@pytest.mark.parametrize("py", CHAPTERS, ids=lambda p: p.name)
+def test_no_control_characters(py):
+    """A Python escape in a chapter's text (\\t in \\top, \\r in \\rVert, \\f in \\frac) turns
+    LaTeX into a TAB, a line break or a form feed; the page then shows broken maths."""
+    bad = [(i, repr(line)) for i, line in enumerate(py.read_text().split("\n"), 1)
+           if re.search(r"[\x00-\x09\x0b-\x1f]", line)]
+    assert not bad, f"{py.name}: control characters on lines {bad[:3]}"
