@@ -79,6 +79,7 @@ import numpy as np
 from IPython.display import Markdown, display
 
 from recon.notebook import glue
+from recon.plots import show_card_figure
 from recon.reproduce import card_row, load_cards, results_dir
 
 RESULTS = results_dir()
@@ -239,10 +240,7 @@ for c in cards:  # exact-ReLU residual of the best trial's candidates
 
 # %%
 for c in cards:
-    img = plt.imread(f"{c['_dir']}/pairs.png")
-    fig, ax = plt.subplots(figsize=(img.shape[1] / 90, img.shape[0] / 90))
-    ax.imshow(img)
-    ax.set_axis_off()
+    show_card_figure(c)
     plt.show()
 
 # %% [markdown]
@@ -353,8 +351,8 @@ print("mean (min-max) over seeds; 'unexplained' = the candidates' stationarity l
 #
 # ### At n = 500: how much of the row space to keep
 #
-# At the paper's size the row space has no cliff (Chapter 3, Section 7): its singular values
-# decay smoothly over hundreds of directions, and the default cut-off keeps nearly all of them.
+# At the paper's size the row space has no useful cliff (Chapter 3, Section 7): its singular
+# values decay smoothly over hundreds of directions, and the default cut-off keeps them all.
 # A smaller cut-off trades a sliver of the weights for far fewer directions in which the
 # candidates can carry noise. `benchmarks/ablation.py custom` measures the trade on two
 # models trained the same way: the victim (the paper's 500 MNIST images) and a *shadow*
@@ -608,7 +606,7 @@ print("runs: reconstruction seeds 0-2 on each trained model (MNIST: training see
 # from an empty results cache and again once cached (`benchmarks/chapter_times.py`):
 
 # %%
-from recon.notebook import runtimes
+from recon.notebook import format_duration, runtimes
 
 timing_files = sorted((RESULTS / "benchmarks").glob("chapter_times-*.json"))
 chapters = sorted({ch for f in timing_files for ch in json.loads(f.read_text())["chapters"]})
@@ -619,8 +617,7 @@ for ch in chapters:
     for prof in ("quick", "full"):
         for col, label in (("first_run_s", "empty cache"), ("cached_s", "cached")):
             v = t.get(prof, {}).get(col)
-            row[f"{prof}, {label}"] = ("not timed" if v is None else f"{v:.0f} s" if v < 90
-                                       else f"{v / 60:.1f} min")
+            row[f"{prof}, {label}"] = "not timed" if v is None else format_duration(v)
     time_rows.append(row)
 if time_rows:
     display(Markdown(md_table(time_rows)))

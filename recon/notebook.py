@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["glue", "glue_runtime", "have_myst_nb", "runtimes"]
+__all__ = ["format_duration", "glue", "glue_runtime", "have_myst_nb", "runtimes"]
 
 
 def have_myst_nb() -> bool:
@@ -34,7 +34,8 @@ def glue(name: str, value: Any, display: bool = True) -> None:
         _display(value)
 
 
-def _minutes(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
+    """A wall time for the reader: seconds below 90 s, minutes above."""
     if seconds < 90:
         return f"{seconds:.0f} s"
     return f"{seconds / 60:.1f} min" if seconds < 600 else f"{seconds / 60:.0f} min"
@@ -66,6 +67,6 @@ def glue_runtime(chapter: str) -> dict[str, dict[str, float]]:
     for profile in ("quick", "full"):
         row = times.get(profile, {})
         for key, col in (("first", "first_run_s"), ("cached", "cached_s")):
-            value = _minutes(row[col]) if col in row else "not timed"
+            value = format_duration(row[col]) if col in row else "not timed"
             glue(f"runtime_{profile}_{key}", value, display=False)
     return times

@@ -22,6 +22,7 @@ __all__ = [
     "plot_history",
     "plot_snapshots",
     "show_image",
+    "show_card_figure",
 ]
 
 
@@ -162,4 +163,14 @@ def plot_snapshots(snapshots: dict[int, torch.Tensor], mean: torch.Tensor | None
         for c in range(len(idx)):
             show_image(axes[r, c], imgs[c])
         axes[r, 0].set_ylabel(f"step {s}", rotation=0, ha="right", va="center", fontsize=8)
+    return fig
+
+
+def show_card_figure(card: dict, name: str = "pairs.png"):
+    """A figure a run card's folder holds (``load_cards`` adds the folder as ``_dir``), shown at
+    its own size; returns the matplotlib figure."""
+    img = plt.imread(f"{card['_dir']}/{name}")
+    fig, ax = plt.subplots(figsize=(img.shape[1] / 90, img.shape[0] / 90))
+    ax.imshow(img)
+    ax.set_axis_off()
     return fig

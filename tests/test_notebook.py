@@ -47,3 +47,9 @@ def test_runtimes_read_the_committed_timings(tmp_path, monkeypatch):
     nb.glue_runtime("02_training")
     assert glued == {"runtime_quick_first": "2.5 min", "runtime_quick_cached": "20 s",
                      "runtime_full_first": "not timed", "runtime_full_cached": "not timed"}
+
+
+def test_format_duration():
+    assert nb.format_duration(42.4) == "42 s"
+    assert nb.format_duration(150) == "2.5 min"
+    assert nb.format_duration(1800) == "30 min"
