@@ -50,6 +50,7 @@ from .files import atomic_save
 from .hardware import HALF, PRECISIONS, keep_freed_memory, resolve_precision
 from .models import MLP, check_supported
 from .provenance import provenance
+from .resume import same_but_length
 from .stationarity import Stationarity
 
 __all__ = [
@@ -323,7 +324,11 @@ def _save(path: Path, res: ReconResult, opts, fingerprint: str, z=None) -> None:
 
 
 def load_reconstruction(path: str | os.PathLike) -> tuple[ReconResult, dict]:
-    """Read a reconstruction file (``weights_only=True``); returns ``(result, raw)``."""
+    """Read a reconstruction file (``weights_only=True``); returns ``(result, raw)``.
+
+    Files from earlier revisions are read as the current format: config fields added since
+    take the value those runs had (:data:`ADDED_FIELDS`), and a missing TV history is zeros.
+    """
     path = Path(path)
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
@@ -342,6 +347,8 @@ def load_reconstruction(path: str | os.PathLike) -> tuple[ReconResult, dict]:
         )
     except (KeyError, TypeError) as e:
         raise ValueError(f"{path} is an incomplete reconstruction file: {e!r}") from e
+    if "tv" not in res.history:  # written before the TV prior existed
+        res.history["tv"] = [0.0] * len(res.history.get("step", []))
     return res, raw
 
 
@@ -365,20 +372,155 @@ def _start(config: ReconConfig, shape, dtype, x_init, lam_init, y):
     return x0, lam0, y
 
 
-def _resume(path: Path, config: ReconConfig, fingerprint: str):
-    """The saved run at ``path`` if it is this config's run on these weights, else an error."""
-    prev, raw = load_reconstruction(path)
-    saved = {**ADDED_FIELDS, **raw["config"]}  # files from before a field existed
-    same = {k: v for k, v in saved.items() if k != "steps"} == {
-        k: v for k, v in config.to_dict().items() if k != "steps"}
-    if not same or raw["theta_fingerprint"] != fingerprint:
-        raise ValueError(
-            f"{path} holds a run with another config or other weights; pass another "
-            "checkpoint path, or delete the file to start over"
-        )
-    if "tv" not in prev.history:  # written before the TV prior existed
-        prev.history["tv"] = [0.0] * len(prev.history.get("step", []))
-    return prev, raw
+class _Run:
+    """One reconstruction in progress on a device: the network, the row-space basis, the
+    state (coordinates ``z``, multipliers, labels), the optimisers and the result so far.
+
+    The state is ``z``: the candidates' coordinates in the basis, or without a basis the
+    flattened candidates themselves. The optimiser's parameter ``px`` lives in pixel space:
+    without a basis it is the candidates (``z`` is a view of it); with one, a zero buffer
+    that receives each step's update (the updates of Adam and of SGD with momentum do not
+    depend on the parameter's value), which is then projected onto the basis.
+    """
+
+    def __init__(self, model: MLP, config: ReconConfig, mean, x_init, lam_init, y, device):
+        check_supported(model)
+        self.config = config
+        self.dtype = dtype = torch.float64 if config.dtype == "float64" else torch.float32
+        self.device = device = (torch.device(device) if device is not None
+                                else next(model.parameters()).device)
+        net = copy.deepcopy(model).to(device, dtype)
+        self.fingerprint = theta_fingerprint(net)
+        m = config.n_candidates
+        self.shape = shape = (m, *net.input_shape)
+        x0, lam0, y = _start(config, shape, dtype, x_init, lam_init, y)
+        self.basis = basis = None
+        if config.subspace_tol > 0:
+            self.basis = basis = first_layer_basis(
+                net, config.subspace_tol, self.fingerprint).to(device, dtype)
+        self.half = half = HALF.get(resolve_precision(config.matmul, device, dtype))
+        if device.type == "cpu":
+            keep_freed_memory()
+        self.stat_fn = Stationarity(net, basis, alpha=config.alpha, dtype=dtype, matmul=half,
+                                    device=device)
+        self.theta2 = self.stat_fn.theta2
+        self.basis_h = None if basis is None or half is None else basis.to(half)
+
+        x0 = x0.to(device)
+        if basis is None:
+            self.px = x0.clone()
+            self.z = self.px.view(m, -1)
+        else:
+            self.px = torch.zeros(shape, dtype=dtype, device=device)
+            self.z = self.to_coords(x0.flatten(1), exact=True)
+            if x_init is None:  # a random start in the span, with the same expected norm
+                self.z = self.z * (x0[0].numel() / basis.shape[1]) ** 0.5
+        self.px.requires_grad_(True)
+        self.lam = lam0.to(device, dtype).clone().requires_grad_(True)
+        self.y = y.to(device, dtype)
+        lo, hi = _box(config, mean, x0)
+        self.lo, self.hi = (
+            v.flatten(1) if torch.is_tensor(v) else torch.tensor(v, dtype=dtype, device=device)
+            for v in (lo, hi))
+        self.opts = _optimizers(config, self.px, self.lam)
+        keys = ("step", "loss", "stat", "stat_rel", "lam_pen", "prior", "tv")
+        self.res = ReconResult(x0.cpu(), self.lam, y.cpu(), config, {k: [] for k in keys})
+
+    def to_coords(self, v: torch.Tensor, exact: bool = False) -> torch.Tensor:
+        """(m, D) pixels -> (m, k) coordinates (identity without a basis); ``exact=False``
+        multiplies in the run's product precision."""
+        if self.basis is None:
+            return v
+        if exact or self.half is None:
+            return v @ self.basis
+        return (v.to(self.half) @ self.basis_h).to(self.dtype)
+
+    def to_pixels(self, z: torch.Tensor, exact: bool = False) -> torch.Tensor:
+        """(m, k) coordinates -> (m, D) pixels, the candidates ``x = z B^T``."""
+        if self.basis is None:
+            return z
+        if exact or self.half is None:
+            return z @ self.basis.T
+        return (z.to(self.half) @ self.basis_h.T).to(self.dtype)
+
+    def current_x(self) -> torch.Tensor:
+        """The candidates now, ``(m, *input_shape)`` on the CPU."""
+        return self.to_pixels(self.z.detach(), exact=True).view(self.shape).cpu().clone()
+
+    def save(self, path: Path) -> None:
+        self.res.x, self.res.lam = self.current_x(), self.lam.detach().cpu()
+        _save(path, self.res, self.opts, self.fingerprint,
+              self.z if self.basis is not None else None)
+
+    def resume(self, path: Path) -> None:
+        """Continue the run saved at ``path``: it must be this config's run on these weights
+        (its length aside)."""
+        prev, raw = load_reconstruction(path)
+        if (not same_but_length(prev.config.to_dict(), self.config.to_dict(), "steps")
+                or raw["theta_fingerprint"] != self.fingerprint):
+            raise ValueError(
+                f"{path} holds a run with another config or other weights; pass another "
+                "checkpoint path, or delete the file to start over"
+            )
+        with torch.no_grad():
+            saved_z = raw.get("z")
+            if self.basis is not None and saved_z is not None and saved_z.shape == self.z.shape:
+                self.z.copy_(saved_z)
+            else:
+                self.z.copy_(self.to_coords(prev.x.to(self.device, self.dtype).flatten(1),
+                                            exact=True))
+            self.lam.copy_(prev.lam)
+        self.y = prev.y.to(self.device, self.dtype)
+        for opt, state in zip(self.opts, raw["optimizers"]):
+            opt.load_state_dict(state)
+        res = self.res
+        res.y, res.history, res.snapshots = prev.y, prev.history, prev.snapshots
+        res.step, res.wall_time = prev.step, prev.wall_time
+
+    def step(self) -> dict[str, torch.Tensor]:
+        """One optimisation step; returns the loss terms at the point it started from."""
+        config, shape = self.config, self.shape
+        with torch.no_grad():
+            x = self.to_pixels(self.z).to(self.dtype)
+            out = x - x.clamp(self.lo, self.hi)  # how far each pixel lies outside the box
+            prior = torch.dot(out.view(-1), out.view(-1))
+            g_pix = 2 * out  # gradient of the box prior
+            stat, g_z, g_lam = self.stat_fn(self.z, self.lam, self.y)
+            short = torch.relu(config.lambda_min - self.lam)
+            lam_pen = 5 * short.pow(2).sum()
+            g_lam = g_lam - 10 * short
+        if config.tv > 0:
+            xt = x.detach().view(shape).requires_grad_(True)
+            tv = config.tv * self.theta2 * total_variation(xt).mean()
+            (g_tv,) = torch.autograd.grad(tv, xt)
+            g_pix = g_pix + g_tv.flatten(1)
+            tv = tv.detach()
+        else:
+            tv = torch.zeros((), dtype=self.dtype, device=self.device)
+        terms = {"loss": stat + lam_pen + prior + tv, "stat": stat, "lam_pen": lam_pen,
+                 "prior": prior, "tv": tv}
+        if not torch.isfinite(terms["loss"]):
+            return terms  # the caller raises; nothing is updated
+        with torch.no_grad():
+            if self.basis is None:
+                self.px.grad = (g_z + g_pix).view(shape)
+            else:  # the pixel gradient of L(z B^T), projected: (dL/dz + g_pix B) B^T
+                g = self.to_pixels(g_z + self.to_coords(g_pix))
+                self.px.grad = g.to(self.dtype).view(shape)
+            self.lam.grad = g_lam
+            for opt in self.opts:
+                opt.step()
+            if self.basis is not None:
+                self.z += self.to_coords(self.px.view(shape[0], -1))
+                self.px.zero_()
+        return terms
+
+    def log(self, step: int, terms: dict[str, torch.Tensor]) -> None:
+        h = self.res.history
+        h["step"].append(step)
+        for key, value in terms.items():
+            h[key].append(value.item())
+        h["stat_rel"].append(h["stat"][-1] / self.theta2)
 
 
 def reconstruct(
@@ -414,6 +556,8 @@ def reconstruct(
 
     Returns a :class:`ReconResult` on the CPU. ``history["stat_rel"]`` is the stationarity
     loss divided by ``||theta||^2``: the fraction of the weights the candidates fail to explain.
+    Raises :class:`ReconstructionDiverged` for a non-finite loss or a residual that ends above
+    ``EXPLODED_STAT_REL`` times ``||theta||^2`` (the checkpoint, if any, is kept).
 
     How a step is computed. With the row space on, each candidate is held as its coordinates
     ``z`` in the basis ``B`` of :func:`first_layer_basis` (``x = z B^T``), and the
@@ -423,155 +567,47 @@ def reconstruct(
     which is projected back (``z += update B``): the same trajectory as optimising ``x`` and
     projecting it onto the span after every step, at a fraction of the cost.
     """
-    check_supported(model)
-    dtype = torch.float64 if config.dtype == "float64" else torch.float32
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    net = copy.deepcopy(model).to(device, dtype)
-    fingerprint = theta_fingerprint(net)
-    m = config.n_candidates
-    shape = (m, *net.input_shape)
-    x0, lam0, y = _start(config, shape, dtype, x_init, lam_init, y)
-    basis = None
-    if config.subspace_tol > 0:
-        basis = first_layer_basis(net, config.subspace_tol, fingerprint).to(device, dtype)
-    half = HALF.get(resolve_precision(config.matmul, device, dtype))
-    if device.type == "cpu":
-        keep_freed_memory()
-    stat_fn = Stationarity(net, basis, alpha=config.alpha, dtype=dtype, matmul=half,
-                           device=device)
-    theta2 = stat_fn.theta2
-
-    def cast(t):
-        return t if half is None else t.to(half)
-
-    basis_h = None if basis is None else cast(basis)
-
-    def to_coords(v: torch.Tensor, exact: bool = False) -> torch.Tensor:
-        """(m, D) pixels -> (m, k) coordinates (identity without a basis)."""
-        if basis is None:
-            return v
-        return v @ basis if exact else (cast(v) @ basis_h).to(dtype)
-
-    def to_pixels(z: torch.Tensor, exact: bool = False) -> torch.Tensor:
-        """(m, k) coordinates -> (m, D) pixels, the candidates ``x = z B^T``."""
-        if basis is None:
-            return z
-        return z @ basis.T if exact else (cast(z) @ basis_h.T).to(dtype)
-
-    # The state is z: the coordinates, or without a basis the flattened candidates. The
-    # optimiser's parameter px lives in pixel space: without a basis it is the candidates
-    # (z is a view of it); with one, a zero buffer that receives each step's update (the
-    # updates of Adam and of SGD with momentum do not depend on the parameter's value).
-    x0 = x0.to(device)
-    if basis is None:
-        px = x0.clone()
-        z = px.view(m, -1)
-    else:
-        px = torch.zeros(shape, dtype=dtype, device=device)
-        z = to_coords(x0.flatten(1), exact=True)
-        if x_init is None:  # a random start in the span, with the same expected norm
-            z = z * (x0[0].numel() / basis.shape[1]) ** 0.5
-    px.requires_grad_(True)
-    lam = lam0.to(device, dtype).clone()
-    y = y.to(device, dtype)
-    lo, hi = _box(config, mean, x0)
-    lo, hi = (v.flatten(1) if torch.is_tensor(v) else torch.tensor(v, dtype=dtype, device=device)
-              for v in (lo, hi))
-    lam.requires_grad_(True)
-    opt_x, opt_l = _optimizers(config, px, lam)
-
-    keys = ("step", "loss", "stat", "stat_rel", "lam_pen", "prior", "tv")
-    res = ReconResult(x0.cpu(), lam, y.cpu(), config, {k: [] for k in keys})
+    run = _Run(model, config, mean, x_init, lam_init, y, device)
     path = Path(checkpoint) if checkpoint else None
     if path is not None and path.is_file():
-        prev, raw = _resume(path, config, fingerprint)
-        with torch.no_grad():
-            saved_z = raw.get("z")
-            if basis is not None and saved_z is not None and saved_z.shape == z.shape:
-                z.copy_(saved_z)
-            else:
-                z.copy_(to_coords(prev.x.to(device, dtype).flatten(1), exact=True))
-            lam.copy_(prev.lam)
-        y = prev.y.to(device, dtype)
-        res.y = prev.y
-        opt_x.load_state_dict(raw["optimizers"][0])
-        opt_l.load_state_dict(raw["optimizers"][1])
-        res.history, res.snapshots = prev.history, prev.snapshots
-        res.step, res.wall_time = prev.step, prev.wall_time
+        run.resume(path)
+    _loop(run, snapshot_steps, path, checkpoint_every, progress)
+    return run.res
 
-    def current_x() -> torch.Tensor:
-        return to_pixels(z.detach(), exact=True).view(shape).cpu().clone()
 
-    def save() -> None:
-        res.x, res.lam = current_x(), lam.detach().cpu()
-        _save(path, res, (opt_x, opt_l), fingerprint, z if basis is not None else None)
-
+def _loop(run: _Run, snapshot_steps, path: Path | None, checkpoint_every: int,
+          progress: bool) -> None:
+    """Step ``run`` to ``config.steps``, logging, snapshotting and checkpointing on the way."""
+    config, res = run.config, run.res
     t0 = time.perf_counter() - res.wall_time
     if 0 in snapshot_steps and res.step == 0:
-        res.snapshots[0] = current_x()
+        res.snapshots[0] = run.current_x()
     bar = tqdm(range(res.step, config.steps), desc="reconstruct", disable=not progress,
                initial=res.step, total=config.steps)
     for step in bar:
-        with torch.no_grad():
-            x = to_pixels(z).to(dtype)
-            out = x - x.clamp(lo, hi)  # how far each pixel lies outside the box
-            prior = torch.dot(out.view(-1), out.view(-1))
-            g_pix = 2 * out  # gradient of the box prior
-            stat, g_z, g_lam = stat_fn(z, lam, y)
-            short = torch.relu(config.lambda_min - lam)
-            lam_pen = 5 * short.pow(2).sum()
-            g_lam = g_lam - 10 * short
-        if config.tv > 0:
-            xt = x.detach().view(shape).requires_grad_(True)
-            tv = config.tv * theta2 * total_variation(xt).mean()
-            (g_tv,) = torch.autograd.grad(tv, xt)
-            g_pix = g_pix + g_tv.flatten(1)
-            tv = tv.detach()
-        else:
-            tv = torch.zeros((), dtype=dtype, device=device)
-        loss = stat + lam_pen + prior + tv
-        if not torch.isfinite(loss):
+        terms = run.step()
+        if not torch.isfinite(terms["loss"]):
             raise ReconstructionDiverged(
-                f"reconstruction diverged at step {step} (loss {loss.item()}); lower lr_x or "
-                "lr_lambda, or rescale the model's weights"
+                f"reconstruction diverged at step {step} (loss {terms['loss'].item()}); lower "
+                "lr_x or lr_lambda, or rescale the model's weights"
                 + (f" (last checkpoint kept: {path})" if path is not None else "")
             )
-        with torch.no_grad():
-            if basis is None:
-                px.grad = (g_z + g_pix).view(shape)
-            else:  # the pixel gradient of L(z B^T), projected: (dL/dz + g_pix B) B^T
-                px.grad = to_pixels(g_z + to_coords(g_pix)).to(dtype).view(shape)
-            lam.grad = g_lam
-            opt_x.step()
-            opt_l.step()
-            if basis is not None:
-                z += to_coords(px.view(m, -1))
-                px.zero_()
         res.step = step + 1
         if step % config.log_every == 0 or res.step == config.steps:
-            h = res.history
-            h["step"].append(step)
-            h["loss"].append(loss.item())
-            h["stat"].append(stat.item())
-            h["stat_rel"].append(stat.item() / theta2)
-            h["lam_pen"].append(lam_pen.item())
-            h["prior"].append(prior.item())
-            h["tv"].append(tv.item())
-            bar.set_postfix(stat_rel=f"{h['stat_rel'][-1]:.3g}")
+            run.log(step, terms)
+            bar.set_postfix(stat_rel=f"{res.history['stat_rel'][-1]:.3g}")
         if res.step in snapshot_steps:
-            res.snapshots[res.step] = current_x()
+            res.snapshots[res.step] = run.current_x()
         if path is not None and res.step % checkpoint_every == 0:
             res.wall_time = time.perf_counter() - t0
-            save()
+            run.save(path)
     res.wall_time = time.perf_counter() - t0
     if path is not None:
-        save()
-    res.x = current_x()
-    res.lam = lam.detach().cpu()
+        run.save(path)
+    res.x, res.lam = run.current_x(), run.lam.detach().cpu()
     final = res.history["stat_rel"][-1] if res.history["stat_rel"] else 0.0
     if final > EXPLODED_STAT_REL:
         raise ReconstructionDiverged(
             f"reconstruction exploded: the stationarity residual ends at {final:.3g} x "
             f"||theta||^2 after {res.step} steps (a random start is at about 1); lower lr_x or "
             "lr_lambda" + (f" (the run is saved for inspection: {path})" if path else ""))
-    return res

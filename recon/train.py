@@ -28,6 +28,7 @@ from .files import atomic_save
 from .hardware import HALF, PRECISIONS, keep_freed_memory, resolve_precision
 from .models import MLP, check_supported
 from .provenance import provenance
+from .resume import same_but_length
 
 __all__ = [
     "TrainConfig",
@@ -139,10 +140,6 @@ def logistic_loss(model: MLP, x: torch.Tensor, y: torch.Tensor, autocast=None) -
     return F.softplus(-y * out.to(y.dtype)).mean()
 
 
-def _param_norm2(model: MLP) -> float:
-    return model.theta_norm2(None)
-
-
 def _log(model, x, y, x_test, y_test, history, epoch, loss, callback=None) -> None:
     if history.get("epoch") and history["epoch"][-1] == epoch:
         return  # already logged (a resumed or re-run finished training)
@@ -151,7 +148,7 @@ def _log(model, x, y, x_test, y_test, history, epoch, loss, callback=None) -> No
             history.setdefault(k, []).append(float(v))
     with torch.no_grad():
         marg = margins(model, x, y)
-        norm2 = _param_norm2(model)
+        norm2 = model.theta_norm2(None)
         history["epoch"].append(epoch)
         history["loss"].append(float(loss))
         history["train_error"].append(float((marg <= 0).double().mean()))
@@ -330,10 +327,8 @@ def train_task(
     dtype = DTYPES[config.dtype]
     if checkpoint and resume and Path(checkpoint).is_file():
         prev, raw = load_checkpoint(checkpoint)
-        mine = {k: v for k, v in config.to_dict().items() if k != "epochs"}
-        # fields added later, with the value that checkpoints without them were trained with
-        theirs = {**_ADDED_FIELDS, **{k: v for k, v in raw["config"].items() if k != "epochs"}}
-        if mine != theirs:
+        theirs = prev.config.to_dict()  # fields added since: the value it was trained with
+        if not same_but_length(theirs, config.to_dict(), "epochs"):
             raise CheckpointError(
                 f"{checkpoint} was written with a different config ({theirs}); "
                 "pass another path or resume=False to start over"

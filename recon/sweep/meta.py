@@ -11,7 +11,7 @@ from ..reconstruct import ADDED_FIELDS, ReconConfig
 STUDY_FORMAT = "recon-sweep/1"
 
 
-def _base_meta(base: ReconConfig) -> dict:
+def base_meta(base: ReconConfig) -> dict:
     """The base config as stored with a study; options that are off and were added later (TV
     prior, subspace) are left out, so studies started before they existed can be joined."""
     d = base.to_dict()
@@ -21,7 +21,7 @@ def _base_meta(base: ReconConfig) -> dict:
     return d
 
 
-def _check_study_meta(study, meta: dict) -> None:
+def check_study_meta(study, meta: dict) -> None:
     """Store the study's fixed settings on creation; on joining, refuse other settings."""
     if "format" not in study.user_attrs:
         for attempt in range(5):

@@ -33,13 +33,13 @@ def kkt_residual(model: MLP, x: torch.Tensor, lam: torch.Tensor, y: torch.Tensor
     return float(stationarity_loss(net, x, lam, y, None).detach()) / theta2
 
 
-def _check_finite(x: torch.Tensor) -> None:
+def check_finite(x: torch.Tensor) -> None:
     if not torch.isfinite(x).all():
         raise FloatingPointError("candidates hold NaN/inf")
 
 
 @dataclass
-class _Ctx:
+class TrialContext:
     model: MLP
     task: object
     fingerprint: str
@@ -55,7 +55,7 @@ class _Ctx:
     worker: str
 
 
-def _score(ctx: _Ctx, runs) -> float:
+def score_trial(ctx: TrialContext, runs) -> float:
     if ctx.objective == "paper":
         return sweep_score(runs[0].x, ctx.task.x_train, k=ctx.k)
     if ctx.objective == "kkt":

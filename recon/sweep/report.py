@@ -11,7 +11,7 @@ import torch
 
 from ..evaluate import Evaluation, evaluate_both
 from ..files import atomic_write_json
-from .storage import _load_run, _redact, _sweep_dir, _trial_path, load_study, load_trial
+from .storage import load_run, load_study, load_trial, redact, sweep_dir, trial_path
 
 
 def compare_scores(study, attacker: str = "kkt_residual", oracle: str = "paper_score") -> dict:
@@ -47,7 +47,7 @@ def study_summary(study, *, n_trials: int | None = None, storage: str | None = N
         states[t.state.name] = states.get(t.state.name, 0) + 1
     out = {
         "study_name": study.study_name,
-        "storage": _redact(storage) if storage else None,
+        "storage": redact(storage) if storage else None,
         "objective": study.user_attrs.get("objective"),
         "direction": "minimize",
         "n_trials_target": n_trials,
@@ -72,7 +72,7 @@ def study_summary(study, *, n_trials: int | None = None, storage: str | None = N
     if attacker is not None:  # does the attacker's objective rank trials as the oracle would?
         out["attacker_vs_oracle"] = compare_scores(study, attacker=attacker)
     if run is not None:
-        out["dir"] = str(_sweep_dir(Path(run)) / study.study_name)
+        out["dir"] = str(sweep_dir(Path(run)) / study.study_name)
     return out
 
 
@@ -138,8 +138,8 @@ def pool_trials(
     if study is None:
         study = load_study(run, study_name, storage=storage)
     if task is None:
-        _, task, _ = _load_run(run)
-    sdir = _sweep_dir(run) / study.study_name
+        _, task, _ = load_run(run)
+    sdir = sweep_dir(run) / study.study_name
     if rank_by is not None and rank_by not in ("paper_score", "kkt_residual"):
         raise ValueError(f"rank_by must be 'paper_score' or 'kkt_residual', got {rank_by!r}")
     complete = sorted((t for t in study.get_trials(deepcopy=False)
@@ -149,7 +149,7 @@ def pool_trials(
     for t in complete:
         if len(chosen) == k:
             break
-        path = _trial_path(sdir, t.number)
+        path = trial_path(sdir, t.number)
         if not path.is_file():
             missing.append({"trial": t.number, "worker": t.user_attrs.get("worker")})
             continue

@@ -18,25 +18,25 @@ from ..evaluate import DivergedError, evaluate_both, sweep_score
 from ..files import atomic_save
 from ..provenance import provenance
 from ..reconstruct import ReconConfig, reconstruct
-from .meta import STUDY_FORMAT, _base_meta, _check_study_meta
-from .objectives import OBJECTIVES, _check_finite, _Ctx, _score, kkt_residual
+from .meta import STUDY_FORMAT, base_meta, check_study_meta
+from .objectives import OBJECTIVES, TrialContext, check_finite, kkt_residual, score_trial
 from .report import study_summary
-from .space import _space_to_json, search_space
+from .space import search_space, space_to_json
 from .storage import (
     TRIAL_FORMAT,
-    _load_run,
-    _optuna,
-    _redact,
-    _sweep_dir,
-    _trial_path,
     default_storage_url,
     default_study_name,
+    import_optuna,
+    load_run,
     make_storage,
+    redact,
+    sweep_dir,
+    trial_path,
 )
 
 
 def _make_pruner(name: str, startup: int, warmup: int):
-    optuna = _optuna()
+    optuna = import_optuna()
     if name == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=startup, n_warmup_steps=warmup)
     if name == "hyperband":
@@ -47,7 +47,7 @@ def _make_pruner(name: str, startup: int, warmup: int):
 
 
 def _make_sampler(name: str, seed: int | None):
-    optuna = _optuna()
+    optuna = import_optuna()
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed)
     if name == "random":
@@ -81,8 +81,8 @@ def _counts(study) -> dict[str, int]:
     return out
 
 
-def _objective(ctx: _Ctx, trial) -> float:
-    optuna = _optuna()
+def _objective(ctx: TrialContext, trial) -> float:
+    optuna = import_optuna()
     study = trial.study
     claimed = sum(1 for t in study.get_trials(deepcopy=False)
                   if t.number < trial.number and t.state.name in _CLAIMING)
@@ -109,8 +109,8 @@ def _objective(ctx: _Ctx, trial) -> float:
                                 device=ctx.device, progress=False)
                     for s, c in zip(seeds, ckpts)]
             for r in runs:
-                _check_finite(r.x)
-            value = _score(ctx, runs)
+                check_finite(r.x)
+            value = score_trial(ctx, runs)
             if not math.isfinite(value):
                 raise FloatingPointError(f"objective is {value}")
             trial.report(value, b)
@@ -142,7 +142,7 @@ def _objective(ctx: _Ctx, trial) -> float:
     evs = evaluate_both(x, ctx.task.x_train, ctx.task.mean)
     counts = {name: ev.counts() for name, ev in evs.items()}
     wall = time.perf_counter() - t0
-    path = _trial_path(ctx.sdir, trial.number)
+    path = trial_path(ctx.sdir, trial.number)
     atomic_save({
         "format": TRIAL_FORMAT, "study": ctx.study_name, "trial": trial.number,
         "objective": ctx.objective, "value": float(value), "params": params,
@@ -239,13 +239,13 @@ def run_study(
             first, before the sampler's own proposals; a set already in the study is not
             enqueued twice, so resuming or joining does not repeat it.
     """
-    optuna = _optuna()
+    optuna = import_optuna()
     run = Path(run)
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
     if n_trials < 0:
         raise ValueError(f"n_trials must be >= 0, got {n_trials}")
-    model, task, fingerprint = _load_run(run)
+    model, task, fingerprint = load_run(run)
     if device is not None:
         model = model.to(device)
     base = base or ReconConfig(n_candidates=2 * task.n)
@@ -258,7 +258,7 @@ def run_study(
     prune_warmup = steps // 5 if prune_warmup is None else prune_warmup
     url = storage or default_storage_url(run)
     if storage is None:
-        _sweep_dir(run).mkdir(parents=True, exist_ok=True)
+        sweep_dir(run).mkdir(parents=True, exist_ok=True)
     store = make_storage(url, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
     study_name = study_name or default_study_name(task.name, task.n, fingerprint, objective)
     verbosity = optuna.logging.get_verbosity()
@@ -269,25 +269,25 @@ def run_study(
             sampler=_make_sampler(sampler, sampler_seed),
             pruner=_make_pruner(pruner, prune_startup, prune_warmup))
         meta = {"format": STUDY_FORMAT, "theta_fingerprint": fingerprint,
-                "objective": objective, "base_config": _base_meta(base),
-                "space": _space_to_json(space), "report_every": report_every, "k": k,
+                "objective": objective, "base_config": base_meta(base),
+                "space": space_to_json(space), "report_every": report_every, "k": k,
                 "task": {"name": task.name, "n": task.n}}
-        _check_study_meta(study, meta)
+        check_study_meta(study, meta)
         for params in enqueue or ():
             unknown = set(params) - set(space)
             if unknown:
                 raise ValueError(f"enqueued parameters {sorted(unknown)} are not in the search "
                                  f"space {sorted(space)}")
             study.enqueue_trial(params, skip_if_exists=True)
-        sdir = _sweep_dir(run) / study_name
+        sdir = sweep_dir(run) / study_name
         sdir.mkdir(parents=True, exist_ok=True)
-        ctx = _Ctx(model, task, fingerprint, base, objective, space, n_trials, report_every,
+        ctx = TrialContext(model, task, fingerprint, base, objective, space, n_trials, report_every,
                    sdir, device, k, study_name, f"{socket.gethostname()}:{os.getpid()}")
         started = time.perf_counter()
         callbacks = [_progress_printer(n_trials, started)] if progress else []
         if progress:
             c = _counts(study)
-            print(f"[sweep] study {study_name} in {_redact(url)}: objective {objective}, "
+            print(f"[sweep] study {study_name} in {redact(url)}: objective {objective}, "
                   f"{c.get('COMPLETE', 0) + c.get('PRUNED', 0)}/{n_trials} finished, "
                   f"{c.get('RUNNING', 0)} running", flush=True)
         heartbeat = heartbeat_interval is not None

@@ -53,5 +53,5 @@ def search_space(name: str = "paper", **overrides) -> dict:
             for k, (lo, hi, log) in ranges.items()}
 
 
-def _space_to_json(space: dict) -> dict:
+def space_to_json(space: dict) -> dict:
     return {k: [d.low, d.high, bool(d.log)] for k, d in sorted(space.items())}

@@ -16,13 +16,13 @@ from ..files import file_lock
 TRIAL_FORMAT = "recon-sweep-trial/1"
 
 
-def _optuna():
+def import_optuna():
     import optuna
 
     return optuna
 
 
-def _redact(url: str) -> str:
+def redact(url: str) -> str:
     try:
         from sqlalchemy.engine import make_url
 
@@ -34,13 +34,13 @@ def _redact(url: str) -> str:
 # ---------------------------------------------------------------------------------------------
 # Storage
 # ---------------------------------------------------------------------------------------------
-def _sweep_dir(run: Path) -> Path:
+def sweep_dir(run: Path) -> Path:
     return Path(run) / "sweep"
 
 
 def default_storage_url(run: str | os.PathLike) -> str:
     """``sqlite:///RUN/sweep/optuna.db`` (absolute path)."""
-    return f"sqlite:///{(_sweep_dir(Path(run)) / 'optuna.db').resolve()}"
+    return f"sqlite:///{(sweep_dir(Path(run)) / 'optuna.db').resolve()}"
 
 
 def _with_driver(url: str) -> str:
@@ -70,7 +70,7 @@ def make_storage(url: str, *, heartbeat_interval: int | None = 10,
     ``heartbeat_interval=None`` disables heartbeats (a killed worker's trial then stays
     RUNNING for ever).
     """
-    optuna = _optuna()
+    optuna = import_optuna()
     url = _with_driver(url)
     kw = dict(heartbeat_interval=heartbeat_interval,
               grace_period=grace_period if heartbeat_interval else None)
@@ -95,7 +95,7 @@ def make_storage(url: str, *, heartbeat_interval: int | None = 10,
 # ---------------------------------------------------------------------------------------------
 # Model, task, study
 # ---------------------------------------------------------------------------------------------
-def _load_run(run: Path):
+def load_run(run: Path):
     from ..reconstruct import theta_fingerprint
     from ..rundir import read_run_card, run_task
     from ..train import load_checkpoint
@@ -122,11 +122,11 @@ def load_study(run: str | os.PathLike | None = None, study_name: str | None = No
     ``storage`` defaults to the run directory's SQLite file; ``study_name`` may be left out
     when the storage holds exactly one study.
     """
-    optuna = _optuna()
+    optuna = import_optuna()
     if storage is None:
         if run is None:
             raise ValueError("pass run= or storage=")
-        if not (_sweep_dir(Path(run)) / "optuna.db").is_file():
+        if not (sweep_dir(Path(run)) / "optuna.db").is_file():
             raise FileNotFoundError(f"no sweep in {run}; run `python -m recon sweep` first")
         storage = default_storage_url(run)
     if isinstance(storage, str):
@@ -140,7 +140,7 @@ def load_study(run: str | os.PathLike | None = None, study_name: str | None = No
     return optuna.load_study(study_name=study_name, storage=storage)
 
 
-def _trial_path(sdir: Path, number: int) -> Path:
+def trial_path(sdir: Path, number: int) -> Path:
     return sdir / f"trial-{number:05d}.pt"
 
 
