@@ -83,7 +83,6 @@ import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
 from IPython.display import Markdown, display
-from scipy.stats import spearmanr
 
 from recon import plots
 from recon.evaluate import (
@@ -96,6 +95,7 @@ from recon.evaluate import (
     ncc_similarity,
     ssim_pairs,
 )
+from recon.margins import margin_analysis, plot_margin_scatter
 from recon.notebook import glue
 from recon.plots import plot_pairs
 
@@ -628,39 +628,25 @@ for idx, what in [(corner_low, "NCC > 0.9 but SSIM ≤ 0.4 (SSIM says: not recov
 # margin, $\lambda_i \propto \sigma(-y_i\Phi(\theta;x_i))$ {cite:p}`buzaglo2023deconstructing`.
 #
 # `pipeline.trained(name)["kkt"]` holds the multipliers fitted at the true training images
-# (chapter 2) and the margins. We plot, for every training image, the SSIM of its one-to-one
-# pair against its multiplier and against its margin ratio
-# $y_i\Phi(\theta;x_i) / \min_j y_j\Phi(\theta;x_j)$ (1 means on the margin), and report
-# Spearman's rank correlation.
+# (chapter 2) and the margins; `recon.margins.margin_analysis` lines them up with each
+# training image's one-to-one pair, and `plot_margin_scatter` draws one relation. We plot,
+# for every training image, the SSIM of its pair against its multiplier and against its
+# margin ratio $y_i\Phi(\theta;x_i) / \min_j y_j\Phi(\theta;x_j)$ (1 means on the margin),
+# and report Spearman's rank correlation. The run cards of chapter 6 store the same analysis.
 
 # %%
 fig, axes = plt.subplots(2, 2, figsize=(8, 6))
 for row, name in enumerate(TASKS):
     run = runs[name]
-    ev = run["ev"]["one_to_one"]
-    n = run["task"].n
-    lam = torch.tensor(run["net"]["kkt"]["lam"], dtype=torch.float64)
-    margin = torch.tensor(run["net"]["kkt"]["margin"], dtype=torch.float64)
-    ratio = margin / margin.min()
-    ssim = torch.full((n,), float("nan"), dtype=torch.float64)
-    ncc = torch.full((n,), float("nan"), dtype=torch.float64)
-    ssim[ev.train_index] = ev.ssim.double()
-    ncc[ev.train_index] = ev.ncc.double()
-    run.update(lam=lam, margin=margin, ratio=ratio, ssim_per_image=ssim)
-    found = ncc > 0.9
-    for ax, xval, xlabel, key in [(axes[row, 0], lam, r"multiplier $\lambda_i$ (KKT fit)", "lam"),
-                                  (axes[row, 1], ratio, "margin ratio", "ratio")]:
-        ax.scatter(xval[~found], ssim[~found], s=14, alpha=0.7, label="NCC ≤ 0.9")
-        ax.scatter(xval[found], ssim[found], s=14, alpha=0.8, label="NCC > 0.9")
-        ax.axhline(GOOD, ls="--", c="gray", lw=1)
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("SSIM, one-to-one")
-        rho_s = spearmanr(xval.numpy(), ssim.numpy(), nan_policy="omit").statistic
-        rho_n = spearmanr(xval.numpy(), ncc.numpy(), nan_policy="omit").statistic
-        glue(f"{name}_rho_{key}_ssim", float(rho_s), display=False)
-        glue(f"{name}_rho_{key}_ncc", float(rho_n), display=False)
-        ax.set_title(f"{name}: Spearman ρ = {rho_s:.2f}")
-    glue(f"{name}_n_support", int((lam > 0).sum()), display=False)
+    kkt = run["net"]["kkt"]
+    run["margins"] = m = margin_analysis(kkt["margin"], kkt["lam"], run["ev"]["one_to_one"])
+    plot_margin_scatter(axes[row, 0], m, "lam", "ssim", title=name)
+    plot_margin_scatter(axes[row, 1], m, "ratio", "ssim", title=name)
+    for axis in (axes[row, 0], axes[row, 1]):
+        axis.axhline(GOOD, ls="--", c="gray", lw=1)
+    for key, rho in m["spearman"].items():  # the margin ratio ranks as the margin does
+        glue(f"{name}_rho_{key.replace('margin', 'ratio')}", rho, display=False)
+    glue(f"{name}_n_support", m["n_support"], display=False)
 axes[0, 0].legend(fontsize=8)
 fig.tight_layout()
 plt.show()

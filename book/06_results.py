@@ -78,6 +78,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from IPython.display import Markdown, display
 
+from recon.margins import plot_margin_scatter
 from recon.notebook import glue
 from recon.plots import show_card_figure
 from recon.reproduce import card_row, load_cards, results_dir
@@ -396,7 +397,8 @@ glue("tol_shadow_best", f"{best_shadow['config']['subspace_tol']:g}", display=Fa
 # The paper's qualitative finding: the images that come back are those on the margin (small
 # $y_i\Phi(\theta;x_i)$, large multiplier), and quality falls with the distance from it. Each
 # run card stores, for every training image, its margin, its multiplier at the true training
-# set and the correlation of its one-to-one matched reconstruction.
+# set and the correlation of its one-to-one matched reconstruction (the output of
+# `recon.margins.margin_analysis`, drawn here with `plot_margin_scatter`).
 
 # %%
 ncols = min(3, len(cards))
@@ -407,13 +409,7 @@ for ax in axes.flat[len(cards):]:
 share_rows = []
 for ax, c in zip(axes.flat, cards):
     m = c["margins"]
-    margin, ncc = np.array(m["margin"]), np.array(m["ncc"], dtype=float)
-    ok = ~np.isnan(ncc)
-    ax.scatter(margin[ok], ncc[ok], s=10, alpha=0.7)
-    ax.axhline(0.9, color="k", lw=0.7, ls=":")
-    ax.set_title(f"{c['task']['name']}, n = {c['task']['n']}: "
-                 f"$\\rho$ = {m['spearman_margin_ncc']:.2f}", fontsize=9)
-    ax.set_xlabel(r"margin $y_i\Phi(\theta;x_i)$")
+    plot_margin_scatter(ax, m, "margin", "ncc", title=f"{c['task']['name']}, n = {c['task']['n']}")
     share_rows.append({"task": c["task"]["name"], "n": c["task"]["n"],
                        "Spearman rho(margin, NCC)": m["spearman_margin_ncc"],
                        "recovered, smallest-margin fifth": m["recovered_share_low_margin"],
@@ -422,8 +418,9 @@ for ax, c in zip(axes.flat, cards):
     glue(f"{key}_rho", m["spearman_margin_ncc"], display=False)
     glue(f"{key}_low", m["recovered_share_low_margin"], display=False)
     glue(f"{key}_rest", m["recovered_share_rest"], display=False)
-for row in axes:
-    row[0].set_ylabel("NCC of matched reconstruction")
+for ax in axes[:, 1:].flat:
+    ax.set_ylabel("")
+axes.flat[0].legend(fontsize=8)
 fig.tight_layout()
 plt.show()
 display(Markdown(md_table(share_rows, {"Spearman rho(margin, NCC)": ".2f",

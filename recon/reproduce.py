@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["SWEEP_DEFAULTS", "reproduce", "default_out", "margin_analysis", "read_card",
+__all__ = ["SWEEP_DEFAULTS", "reproduce", "default_out", "read_card",
            "results_dir", "load_cards", "card_row"]
 
 # per profile: trials in the sweep, how many best trials to pool, search space, sampler
@@ -138,45 +138,10 @@ def card_row(card: dict) -> dict:
     }
 
 
-def margin_analysis(model, task, pool_eval) -> dict:
-    """Per training image: margin ``y_i Phi(x_i)``, NNLS multiplier at the true training set,
-    and the SSIM / NCC of its one-to-one matched pooled candidate (NaN when unmatched).
-
-    Also the Spearman rank correlation of margin with NCC, and the share of recovered images
-    (NCC > 0.9) among the smallest-margin fifth against the rest.
-    """
-    from scipy.stats import spearmanr
-
-    from .kkt import kkt_diagnostic
-
-    p = next(model.parameters())
-    diag = kkt_diagnostic(model, task.x_train.to(p), task.y_train.to(p))
-    n = task.n
-    ssim = torch.full((n,), float("nan"), dtype=torch.float64)
-    ncc = torch.full((n,), float("nan"), dtype=torch.float64)
-    idx = pool_eval.train_index.long()
-    ssim[idx] = pool_eval.ssim.double()
-    ncc[idx] = pool_eval.ncc.double()
-    margin = diag.margin.double()
-    ok = ~torch.isnan(ncc)
-    rho = float(spearmanr(margin[ok].numpy(), ncc[ok].numpy()).statistic) if ok.sum() > 2 \
-        else float("nan")
-    low = margin <= torch.quantile(margin, 0.2)
-    rec = (ncc > 0.9) & ok
-    return {
-        "margin": margin.tolist(), "lam": diag.lam.tolist(), "ssim": ssim.tolist(),
-        "ncc": ncc.tolist(), "labels": task.y_train.tolist(),
-        "kkt_unexplained": diag.unexplained,
-        "spearman_margin_ncc": rho,
-        "recovered_share_low_margin": float(rec[low].double().mean()),
-        "recovered_share_rest": float(rec[~low].double().mean()),
-        "n_low_margin": int(low.sum()),
-    }
-
-
 def _plot(card: dict, pool_eval, out: Path, max_pairs: int) -> None:
     import matplotlib.pyplot as plt
 
+    from .margins import plot_margin_scatter
     from .plots import plot_pairs, set_style
 
     set_style()
@@ -189,22 +154,9 @@ def _plot(card: dict, pool_eval, out: Path, max_pairs: int) -> None:
     fig.savefig(out / "pairs.png", dpi=90)
     plt.close(fig)
 
-    m = card["margins"]
-    margin, ncc = torch.tensor(m["margin"]), torch.tensor(m["ncc"])
-    lam = torch.tensor(m["lam"])
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
-    ok = ~torch.isnan(ncc)
-    axes[0].scatter(margin[ok], ncc[ok], s=12)
-    axes[0].axhline(0.9, color="k", lw=0.7, ls=":")
-    axes[0].set_xlabel(r"margin $y_i\,\Phi(\theta;x_i)$")
-    axes[0].set_ylabel("NCC of matched reconstruction")
-    axes[0].set_title(f"Spearman rho = {m['spearman_margin_ncc']:.2f}", fontsize=9)
-    axes[1].scatter(lam[ok], ncc[ok], s=12)
-    axes[1].set_xscale("symlog", linthresh=max(float(lam[lam > 0].min()) if (lam > 0).any()
-                                               else 1e-6, 1e-6))
-    axes[1].axhline(0.9, color="k", lw=0.7, ls=":")
-    axes[1].set_xlabel(r"multiplier $\lambda_i$ (NNLS at the true training set)")
-    axes[1].set_ylabel("NCC")
+    plot_margin_scatter(axes[0], card["margins"], "margin", "ncc")
+    plot_margin_scatter(axes[1], card["margins"], "lam", "ncc")
     fig.suptitle(f"{t['name']}, n = {t['n']}: which training images come back?", fontsize=10)
     fig.tight_layout()
     fig.savefig(out / "margins.png", dpi=90)
@@ -239,6 +191,7 @@ def reproduce(
     from .evaluate import evaluate
     from .files import atomic_write_json
     from .hardware import default_device
+    from .margins import model_margin_analysis
     from .pipeline import settings
     from .provenance import provenance
     from .reconstruct import ReconConfig
@@ -334,7 +287,7 @@ def reproduce(
 
     # 4. margins, figures -------------------------------------------------------------------
     say("4/4 margins and figures")
-    card["margins"] = margin_analysis(res.model.cpu(), data, pooled.pool["one_to_one"])
+    card["margins"] = model_margin_analysis(res.model.cpu(), data, pooled.pool["one_to_one"])
     card["train"]["kkt_unexplained"] = card["margins"]["kkt_unexplained"]
     _plot(card, pooled.pool["one_to_one"], out, max_pairs)
     card["figures"] = ["pairs.png", "margins.png"]
