@@ -33,10 +33,20 @@ import hashlib
 import html
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from .widgets import SORT_KEYS, PairItem, filter_items, png_bytes
+from .widgets import (
+    INFO_ROWS,
+    NUMBER_FORMATS,
+    SORT_KEYS,
+    PairItem,
+    classes_of,
+    filter_items,
+    info_table,
+    png_bytes,
+)
 
 __all__ = ["MAX_ITEMS", "VERSION", "explorer_data", "explorer_html", "explorer_page",
            "write_explorer_page"]
@@ -77,16 +87,10 @@ _JS = r"""
   var runSel = q('rx-run'), clsSel = q('rx-class'), sortSel = q('rx-sort');
   var minSsim = q('rx-min-ssim'), minOut = q('rx-min-ssim-value'), idx = q('rx-index');
   var prev = q('rx-prev'), next = q('rx-next'), status = q('rx-status'), img = q('rx-image');
-  var SORTS = __RX_SORTS__;
+  var SORTS = __RX_SORTS__, FIELDS = __RX_FIELDS__;
   var ALL = 'all classes';
   var run = null, shown = [];
 
-  function g3(v) {  // like Python's format(v, '.3g')
-    if (v === null || v === undefined) { return '\u2014'; }
-    var a = Math.abs(v);
-    if (a !== 0 && (a < 1e-4 || a >= 1e3)) { return v.toExponential(2).replace(/\.?0+e/, 'e'); }
-    return String(parseFloat(v.toPrecision(3)));
-  }
   function setText(name, text) { q(name).textContent = text; }
   function options(sel, pairs) {
     sel.innerHTML = '';
@@ -131,9 +135,7 @@ _JS = r"""
       : ' (' + run.n_total + ' in all)';
     if (n === 0) {
       img.removeAttribute('src'); img.style.visibility = 'hidden';
-      ['rx-train', 'rx-candidate', 'rx-class-name', 'rx-ssim', 'rx-ncc', 'rx-lam',
-       'rx-margin', 'rx-rank'].forEach(function (c) { setText(c, '\u2014'); });
-      setText('rx-verdict', '');
+      FIELDS.forEach(function (k) { setText('rx-' + k, k === 'verdict' ? '' : '\u2014'); });
       status.textContent = 'no pair passes the filters' + more;
       root.setAttribute('data-rx-current', '');
       return;
@@ -143,17 +145,9 @@ _JS = r"""
     img.style.visibility = 'visible';
     img.src = 'data:image/png;base64,' + it.png_base64;
     img.alt = 'reconstruction above training image #' + it.train_index;
-    setText('rx-train', '#' + it.train_index);
-    setText('rx-class-name', it.class_name === null ? '\u2014' : it.class_name);
-    setText('rx-candidate', '#' + it.candidate_index);
-    setText('rx-ssim', it.ssim.toFixed(3));
-    var verdict = q('rx-verdict');
-    verdict.textContent = good ? 'good (SSIM > ' + run.good_ssim + ')' : 'not good';
-    verdict.className = 'rx-verdict ' + (good ? 'rx-good' : 'rx-bad');
-    setText('rx-ncc', it.ncc.toFixed(3));
-    setText('rx-lam', g3(it.lam));
-    setText('rx-margin', g3(it.margin));
-    setText('rx-rank', String(it.rank));
+    // the text is written in Python (recon.widgets.PairItem.text), as in every other view
+    FIELDS.forEach(function (k) { setText('rx-' + k, it.text[k]); });
+    q('rx-verdict').className = 'rx-verdict ' + (good ? 'rx-good' : 'rx-bad');
     var nGood = shown.filter(function (x) { return x.ssim > run.good_ssim; }).length;
     status.textContent = 'pair ' + (i + 1) + ' of ' + n + ' shown; ' + nGood
       + ' of the shown have SSIM > ' + run.good_ssim + more;
@@ -177,10 +171,12 @@ _JS = r"""
 """
 
 _SORTS_JS = json.dumps({k: [label, desc] for k, (label, desc) in SORT_KEYS.items()})
+# the fields of the information table, refilled from each item's text as the reader moves
+_FIELDS_JS = json.dumps(re.findall(r"\{([a-z-]+)\}", "".join(cell for _, cell in INFO_ROWS)))
 
 #: Hash of the page's CSS and script; the root element carries it (``data-rx-version``) so a
 #: test can tell a page built with an older explorer.
-VERSION = hashlib.sha1((_CSS + _JS + _SORTS_JS).encode()).hexdigest()[:12]
+VERSION = hashlib.sha1((_CSS + _JS + _SORTS_JS + _FIELDS_JS).encode()).hexdigest()[:12]
 
 
 def _round(v: float | None, digits: int = 6) -> float | None:
@@ -224,8 +220,9 @@ def explorer_data(runs, max_items: int = MAX_ITEMS, good_ssim: float = 0.4,
             PNG by the integer factor nearest to it (pixelated, not blurred).
     Returns:
         ``{"runs": [{"name", "n_total", "good_ssim", "width", "height", "zoom", "has_lam",
-        "has_margin", "classes", "items": [numbers + png_base64, ...]}]}``; numbers rounded to
-        6 significant digits, PNGs at native resolution.
+        "has_margin", "classes", "items": [numbers + text + png_base64, ...]}]}``; numbers
+        rounded to 6 significant digits, ``text`` as every view writes them
+        (:meth:`recon.widgets.PairItem.text`), PNGs at native resolution.
     """
     if int(max_items) != max_items or max_items < 1:
         raise ValueError(f"max_items must be a positive integer, got {max_items!r}")
@@ -233,16 +230,13 @@ def explorer_data(runs, max_items: int = MAX_ITEMS, good_ssim: float = 0.4,
     for name, items in _runs(runs):
         best = filter_items(items, sort_by="ssim")[: int(max_items)]
         h, w = best[0].image.shape[:2]
-        classes = []
-        for _label, cname in sorted({(it.label, it.class_name) for it in items
-                                    if it.class_name is not None}):
-            if cname not in classes:
-                classes.append(cname)
+        classes = classes_of(items)
         rows = []
         for it in best:
             row = it.numbers()
-            for key in ("ssim", "ncc", "lam", "margin"):
+            for key in NUMBER_FORMATS:
                 row[key] = _round(row[key])
+            row["text"] = it.text(good_ssim)
             row["png_base64"] = base64.b64encode(png_bytes(it.image, 1)).decode("ascii")
             rows.append(row)
         out.append({
@@ -278,34 +272,15 @@ def explorer_html(runs, *, max_items: int = MAX_ITEMS, good_ssim: float = 0.4,
                          f"got {element_id!r}")
     first_run = data["runs"][0]
     it = first_run["items"][0]
-    good = it["ssim"] > good_ssim
     e = html.escape
-
-    def g3(v):
-        return "—" if v is None else format(v, ".3g")
-
     run_opts = "".join(f'<option value="{i}">{e(r["name"])}</option>'
                        for i, r in enumerate(data["runs"]))
     hide_run = "" if len(data["runs"]) > 1 else " hidden"
-    rows = [
-        ("training image", f'<span class="rx-train">#{it["train_index"]}</span> '
-                           f'(class <span class="rx-class-name">'
-                           f'{e(str(it["class_name"])) if it["class_name"] is not None else "—"}'
-                           f'</span>)'),
-        ("candidate", f'<span class="rx-candidate">#{it["candidate_index"]}</span>'),
-        ("SSIM", f'<span class="rx-ssim">{it["ssim"]:.3f}</span> '
-                 f'<span class="rx-verdict {"rx-good" if good else "rx-bad"}">'
-                 f'{"good (SSIM &gt; " + format(good_ssim, "g") + ")" if good else "not good"}'
-                 f'</span>'),
-        ("NCC", f'<span class="rx-ncc">{it["ncc"]:.3f}</span>'),
-        ("λ (multiplier)", f'<span class="rx-lam">{g3(it["lam"])}</span>'),
-        ("margin", f'<span class="rx-margin">{g3(it["margin"])}</span>'),
-        ("rank by SSIM", f'<span class="rx-rank">{it["rank"]}</span>'),
-    ]
-    table = "".join(f"<tr><td><b>{k}</b></td><td>{v}</td></tr>" for k, v in rows)
+    table = info_table(it["text"], it["ssim"] > good_ssim, "rx-info")
     zoom = first_run["zoom"]
     head = f'<div class="rx-title"><b>{e(title)}</b></div>' if title else ""
-    script = _JS.replace("__RX_ID__", json.dumps(element_id)).replace("__RX_SORTS__", _SORTS_JS)
+    script = (_JS.replace("__RX_ID__", json.dumps(element_id)).replace("__RX_SORTS__", _SORTS_JS)
+              .replace("__RX_FIELDS__", _FIELDS_JS))
     return f"""<div class="recon-explorer" id="{element_id}" data-rx-version="{VERSION}">
 <style>{_CSS}</style>
 {head}<div class="rx-controls">
@@ -325,7 +300,7 @@ def explorer_html(runs, *, max_items: int = MAX_ITEMS, good_ssim: float = 0.4,
  src="data:image/png;base64,{it["png_base64"]}"
  style="width:{first_run["width"] * zoom}px;height:{first_run["height"] * zoom}px">
 <figcaption>top: reconstruction (min-max scaled); bottom: training image</figcaption></figure>
-<table class="rx-info">{table}</table>
+{table}
 </div>
 <p class="rx-noscript"><small>The controls need JavaScript. In Jupyter, run the cell (a
 notebook opened from disk is untrusted and runs no output scripts).</small></p>

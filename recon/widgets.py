@@ -22,8 +22,10 @@ The explorer that works without a kernel, in the built HTML book, is
 from __future__ import annotations
 
 import base64
+import html
 import io
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -34,6 +36,12 @@ from .evaluate import Evaluation
 
 __all__ = [
     "SORT_KEYS",
+    "NUMBER_FORMATS",
+    "INFO_ROWS",
+    "format_number",
+    "verdict",
+    "classes_of",
+    "info_table",
     "PairItem",
     "pair_image",
     "png_bytes",
@@ -53,6 +61,45 @@ SORT_KEYS: dict[str, tuple[str, bool]] = {
 }
 
 ALL_CLASSES = "all classes"
+
+#: How a pair's numbers are written, in every view: the static figure, the widget and the
+#: kernel-free explorer page (which receives the written text, not a formatter of its own).
+NUMBER_FORMATS: dict[str, str] = {"ssim": ".3f", "ncc": ".3f", "lam": ".3g", "margin": ".3g"}
+MISSING = "—"
+
+#: The rows of a pair's information table: (label, HTML with ``{key}`` fields of
+#: :meth:`PairItem.text`). Each field is wrapped in ``<span class="rx-KEY">`` so that the
+#: explorer page can refill it as the reader moves through the pairs.
+INFO_ROWS: tuple[tuple[str, str], ...] = (
+    ("training image", "{train} (class {class-name})"),
+    ("candidate", "{candidate}"),
+    ("SSIM", "{ssim} {verdict}"),
+    ("NCC", "{ncc}"),
+    ("λ (multiplier)", "{lam}"),
+    ("margin", "{margin}"),
+    ("rank by SSIM", "{rank}"),
+)
+
+
+def format_number(key: str, value: float | None) -> str:
+    """One of a pair's numbers (``ssim``, ``ncc``, ``lam``, ``margin``) as every view shows it;
+    ``—`` when unknown."""
+    return MISSING if value is None else format(value, NUMBER_FORMATS[key])
+
+
+def verdict(ssim: float, good_ssim: float) -> str:
+    """``"good (SSIM > 0.4)"`` or ``"not good"``: the paper's threshold, applied."""
+    return f"good (SSIM > {good_ssim:g})" if ssim > good_ssim else "not good"
+
+
+def classes_of(items) -> list[str]:
+    """The class names the items carry, in label order, each once."""
+    names: list[str] = []
+    for _label, name in sorted({(it.label, it.class_name) for it in items
+                               if it.class_name is not None}):
+        if name not in names:
+            names.append(name)
+    return names
 
 
 # ---------------------------------------------------------------------------------------------
@@ -88,14 +135,24 @@ class PairItem:
                 "lam": self.lam, "margin": self.margin, "label": self.label,
                 "class_name": self.class_name}
 
+    def text(self, good_ssim: float | None = None) -> dict[str, str]:
+        """The item's numbers as every view writes them (:data:`NUMBER_FORMATS`), keyed as
+        the fields of :data:`INFO_ROWS`; ``verdict`` is empty without ``good_ssim``."""
+        return {
+            "train": f"#{self.train_index}",
+            "class-name": MISSING if self.class_name is None else self.class_name,
+            "candidate": f"#{self.candidate_index}",
+            **{k: format_number(k, getattr(self, k)) for k in NUMBER_FORMATS},
+            "verdict": "" if good_ssim is None else verdict(self.ssim, good_ssim),
+            "rank": str(self.rank),
+        }
+
     def caption(self, lines: int = 2) -> str:
-        """Short text for a figure panel, e.g. ``"SSIM 0.62  NCC 0.95\\nλ 0.21  m 1.03"``."""
-        first = f"SSIM {self.ssim:.2f}  NCC {self.ncc:.2f}"
-        rest = []
-        if self.lam is not None:
-            rest.append(f"λ {self.lam:.3g}")
-        if self.margin is not None:
-            rest.append(f"m {self.margin:.3g}")
+        """Short text for a figure panel, e.g. ``"SSIM 0.623  NCC 0.951\nλ 0.21  m 1.03"``."""
+        t = self.text()
+        first = f"SSIM {t['ssim']}  NCC {t['ncc']}"
+        rest = [f"{sym} {t[k]}" for sym, k in (("λ", "lam"), ("m", "margin"))
+                if getattr(self, k) is not None]
         if lines < 2 or not rest:
             return first
         return first + "\n" + "  ".join(rest)
@@ -316,25 +373,28 @@ def plot_pair_cards(
 # ---------------------------------------------------------------------------------------------
 # Widget
 # ---------------------------------------------------------------------------------------------
-def _fmt(v: float | None, spec: str = ".3g") -> str:
-    return "—" if v is None else format(v, spec)
+def info_table(text: dict[str, str], good: bool | None = None, table_class: str = "") -> str:
+    """A pair's information table (:data:`INFO_ROWS`) as HTML, filled with ``text``
+    (:meth:`PairItem.text`); ``good`` colours the verdict. The widget and the explorer page
+    both show this table."""
+    e = html.escape
+
+    def field(key: str) -> str:
+        cls = f"rx-{key}"
+        if key == "verdict" and good is not None:
+            cls += " rx-good" if good else " rx-bad"
+        return f'<span class="{cls}">{e(text[key])}</span>'
+
+    rows = "".join(
+        f"<tr><td style='padding-right:1em'><b>{label}</b></td><td>"
+        + re.sub(r"\{([a-z-]+)\}", lambda m: field(m.group(1)), cell) + "</td></tr>"
+        for label, cell in INFO_ROWS)
+    attr = f' class="{table_class}"' if table_class else ""
+    return f"<table{attr}>{rows}</table>"
 
 
 def _info_html(it: PairItem, good_ssim: float) -> str:
-    verdict = f"good (SSIM > {good_ssim:.2g})" if it.ssim > good_ssim else "not good"
-    rows = [
-        ("training image", f"#{it.train_index}"
-         + (f" ({it.class_name})" if it.class_name is not None else "")),
-        ("candidate", f"#{it.candidate_index}"),
-        ("SSIM", f"{it.ssim:.3f} — {verdict}"),
-        ("NCC", f"{it.ncc:.3f}"),
-        ("λ (multiplier)", _fmt(it.lam)),
-        ("margin", _fmt(it.margin)),
-        ("rank by SSIM", str(it.rank)),
-    ]
-    body = "".join(f"<tr><td style='padding-right:1em'><b>{k}</b></td><td>{v}</td></tr>"
-                   for k, v in rows)
-    return f"<table>{body}</table>"
+    return info_table(it.text(good_ssim), it.ssim > good_ssim)
 
 
 class PairExplorer:
@@ -356,11 +416,7 @@ class PairExplorer:
             raise ValueError("no items to explore")
         self.good_ssim = float(good_ssim)
         first = self.items[0]
-        classes = []
-        for _label, name in sorted({(it.label, it.class_name) for it in self.items
-                                   if it.class_name is not None}):
-            if name not in classes:
-                classes.append(name)
+        classes = classes_of(self.items)
         sort_options = [(label, key) for key, (label, _) in SORT_KEYS.items()
                         if key not in ("lam", "margin") or getattr(first, key) is not None]
         style = {"description_width": "initial"}
@@ -433,7 +489,7 @@ class PairExplorer:
         self.image.value = self.current.png
         self.info.value = _info_html(self.current, self.good_ssim)
         self.status.value = (f"pair {self.index.value + 1} of {n} shown ({total} in all; "
-                             f"{good} of the shown have SSIM &gt; {self.good_ssim:.2g})")
+                             f"{good} of the shown have SSIM &gt; {self.good_ssim:g})")
 
     def _on_filter(self, _change) -> None:
         self._refilter()

@@ -18,7 +18,7 @@ from recon.html_explorer import (
     explorer_page,
     write_explorer_page,
 )
-from recon.widgets import explore_pairs, pair_items
+from recon.widgets import NUMBER_FORMATS, explore_pairs, info_table, pair_items
 
 
 def _items(n_train=12, channels=1, seed=0, names=("zero", "one", "two")):
@@ -124,3 +124,26 @@ def test_kernel_explorer_carries_a_static_snapshot_for_pages_without_a_kernel():
     assert "needs a running Python" in snap or "need a running Python" in snap
     ex.min_ssim.value = 1.0  # nothing passes: the snapshot says so instead of an image
     assert "no pair passes" in ex._repr_mimebundle_()["text/html"]
+
+
+def test_every_view_writes_a_pairs_numbers_the_same_way():
+    """One source for the text: the page's data and table, the widget and the figure caption."""
+    ev, items = _items()
+    best = max(items, key=lambda it: it.ssim)
+    text = best.text(0.4)
+    assert text["ssim"] == format(best.ssim, NUMBER_FORMATS["ssim"])
+    assert text["lam"] == format(best.lam, ".3g") and text["train"] == f"#{best.train_index}"
+    assert text["verdict"] == ("good (SSIM > 0.4)" if best.ssim > 0.4 else "not good")
+    frag = explorer_html(items, element_id="ex")
+    first = _data_of(frag)["runs"][0]["items"][0]
+    assert first["text"] == text  # the page's script shows this text, formats nothing
+    assert info_table(text, best.ssim > 0.4, "rx-info") in frag
+    by_image = sorted(items, key=lambda it: it.train_index)  # every training image is matched
+    ex = explore_pairs(ev, [it.lam for it in by_image], [it.margin for it in by_image],
+                       [it.label for it in by_image], ("zero", "one", "two"))
+    assert ex.current.train_index == best.train_index
+    assert ex.info.value == info_table(text, best.ssim > 0.4)
+    assert best.caption(1) == f"SSIM {text['ssim']}  NCC {text['ncc']}"
+    assert f"λ {text['lam']}" in best.caption()
+    # every field of the table is refilled by the script, and nothing else
+    assert set(re.findall(r'class="rx-([a-z-]+)', info_table(text))) == set(text)
