@@ -13,6 +13,7 @@ TINY = ["--n-per-class", "3", "--epochs", "200", "--trials", "2", "--pool", "2",
         "--steps", "30", "--quiet"]
 
 
+@pytest.mark.slow
 def test_reproduce_writes_card_and_figures_and_resumes(tmp_path, data_dir, monkeypatch, capsys):
     monkeypatch.setenv("RECON_DATA_DIR", str(data_dir))
     out = tmp_path / "reproduce" / "mnist-tiny"

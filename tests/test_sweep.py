@@ -40,8 +40,16 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _data_dir_env(data_dir):
+    """Studies load their task through RECON_DATA_DIR: point it at the offline data for the
+    module, and restore it afterwards."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RECON_DATA_DIR", str(data_dir))
+        yield
+
+
 def _train(run, data_dir, *args):
-    os.environ["RECON_DATA_DIR"] = str(data_dir)
     assert main(["train", "--task", "mnist", "--n-test-per-class", "20", "--lr", "0.3",
                  "--weight-decay", "0.02", "--dtype", "float32", "--run", str(run), "--quiet",
                  *args]) == 0
@@ -49,14 +57,14 @@ def _train(run, data_dir, *args):
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, data_dir):
+def tiny_run(tmp_path_factory, data_dir, _data_dir_env):
     """10 MNIST digits, 784-64-64-1: fast trials for the storage and worker tests (~1 s)."""
     return _train(tmp_path_factory.mktemp("sweep") / "mnist-tiny", data_dir, "--n-per-class",
                   "5", "--widths", "64,64", "--epochs", "300")
 
 
 @pytest.fixture(scope="module")
-def small_run(tmp_path_factory, data_dir):
+def small_run(tmp_path_factory, data_dir, _data_dir_env):
     """A real small MNIST model: 20 digits, 784-256-256-1, weight decay (~3 s)."""
     return _train(tmp_path_factory.mktemp("sweep") / "mnist-small", data_dir, "--n-per-class",
                   "10", "--widths", "256,256", "--epochs", "1000")
@@ -291,13 +299,13 @@ def test_chunked_trial_matches_one_uninterrupted_run(tiny_run):
     """Intermediate values come from resuming the run chunk by chunk; the result must be the
     run reconstruct() gives in one go with the same config."""
     from recon.reconstruct import reconstruct
-    from recon.sweep.storage import _load_run
+    from recon.sweep.storage import load_run
 
     summary = run_study(tiny_run, 1, base=ReconConfig(n_candidates=20, steps=40),
                         study_name="chunks", space="cpu", report_every=10, pruner="none",
                         progress=False)
     art = load_trial(tiny_run / "sweep" / "chunks" / summary["best"]["artefact"])
-    model, task, _ = _load_run(tiny_run)
+    model, task, _ = load_run(tiny_run)
     one = reconstruct(model, ReconConfig(**art["config"]), mean=task.mean, progress=False)
     torch.testing.assert_close(art["x"], one.x)
     torch.testing.assert_close(art["lam"], one.lam)

@@ -1,0 +1,75 @@
+"""recon.pipeline: the chapters' one code path, its profiles and its cache."""
+
+import pytest
+import torch
+
+from recon import pipeline
+from recon.reconstruct import ReconConfig
+from recon.train import TrainConfig
+
+
+@pytest.fixture
+def tiny(monkeypatch, tmp_path, data_dir):
+    """A profile small enough for a unit test, and an empty cache."""
+    monkeypatch.setenv("RECON_DATA_DIR", str(data_dir))
+    monkeypatch.setenv("RECON_RESULTS_CACHE", str(tmp_path / "cache"))
+    profiles = {**pipeline.PROFILES, "tiny": {"mnist": {
+        "n_per_class": 3,
+        "train": TrainConfig(widths=(32, 32), lr=0.1, weight_decay=2e-2, epochs=60,
+                             dtype="float32", log_every=10),
+        "recon": ReconConfig(steps=20, log_every=5),
+    }}}
+    monkeypatch.setattr(pipeline, "PROFILES", profiles)
+    monkeypatch.setenv("RECON_PROFILE", "tiny")
+    return "tiny"
+
+
+def test_profile_name_default_and_validation(monkeypatch):
+    monkeypatch.delenv("RECON_PROFILE", raising=False)
+    assert pipeline.profile_name() == "quick"
+    monkeypatch.setenv("RECON_PROFILE", "huge")
+    with pytest.raises(ValueError, match="RECON_PROFILE must be one of"):
+        pipeline.profile_name()
+
+
+def test_settings_per_profile(monkeypatch):
+    assert pipeline.settings("mnist", "quick")["n_per_class"] == 25
+    for profile in ("full", "paper"):
+        for name in ("mnist", "cifar10"):
+            assert pipeline.settings(name, profile)["n_per_class"] == 250  # the paper's n
+    assert pipeline.settings("mnist", "paper")["train"].dtype == "float64"
+    with pytest.raises(ValueError, match="no settings for task 'svhn'"):
+        pipeline.settings("svhn", "quick")
+    monkeypatch.setenv("RECON_PROFILE", "full")
+    assert pipeline.describe().startswith("profile: full | device: ")
+
+
+def test_trained_computes_once_and_rebuilds_the_model(tiny):
+    first = pipeline.trained("mnist", kkt_every=20)
+    assert first["_meta"]["from_cache"] is False
+    model = first["model"]
+    assert tuple(model.arch()["widths"]) == (32, 32)
+    assert first["history"]["epoch"][-1] == 60
+    assert first["history"]["kkt_epoch"] == [0, 20, 40, 60]
+    assert len(first["kkt"]["lam"]) == 6
+    again = pipeline.trained("mnist", kkt_every=20)
+    assert again["_meta"]["from_cache"] is True
+    x = pipeline.task("mnist").x_train
+    assert torch.equal(again["model"](x), model(x))  # the same weights, rebuilt from the cache
+    assert again["model"].layers[0].weight.dtype == torch.float32
+    # another training config is another result
+    other = TrainConfig(**{**first["_meta"]["config"]["train"], "epochs": 40})
+    assert pipeline.trained("mnist", config=other)["_meta"]["from_cache"] is False
+
+
+def test_reconstruction_uses_the_profiles_model_and_is_cached(tiny):
+    out = pipeline.reconstruction("mnist")
+    assert out["_meta"]["from_cache"] is False
+    assert out["x"].shape == (12, 1, 28, 28)  # two candidates per training image
+    assert sorted(out["snapshots"]) == [0, 1, 4, 10, 20]  # int keys again
+    assert out["history"]["step"][-1] == 19
+    again = pipeline.reconstruction("mnist")
+    assert again["_meta"]["from_cache"] is True and torch.equal(again["x"], out["x"])
+    cfg = ReconConfig(n_candidates=4, steps=10, log_every=5)
+    small = pipeline.reconstruction("mnist", config=cfg, snapshot_steps=(10,))
+    assert small["x"].shape[0] == 4 and sorted(small["snapshots"]) == [10]
