@@ -79,7 +79,7 @@ import numpy as np
 from IPython.display import Markdown, display
 
 from recon.margins import plot_margin_scatter
-from recon.notebook import glue
+from recon.notebook import glue, markdown_table
 from recon.plots import show_card_figure
 from recon.reproduce import card_row, load_cards, results_dir
 
@@ -91,25 +91,6 @@ for c in cards:
     print(f"  {c['task']['name']:>7} n = {c['task']['n']:>3} ({c['profile']}): {p['device']}, "
           f"torch {p['torch']}, git {(p['git_revision'] or '?')[:12]}, {p['date']}")
 assert cards, f"no run cards under {RESULTS / 'reproduce'}; run `python -m recon reproduce`"
-
-
-def md_table(rows: list[dict], fmt: dict | None = None) -> str:
-    """A list of dicts as a Markdown table (``fmt``: column -> format spec)."""
-    fmt = fmt or {}
-    cols = list(rows[0])
-    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for r in rows:
-        cells = []
-        for c in cols:
-            v = r[c]
-            if v is None or (isinstance(v, float) and np.isnan(v)):
-                cells.append("–")
-            elif c in fmt:
-                cells.append(format(v, fmt[c]))
-            else:
-                cells.append(str(v))
-        out.append("| " + " | ".join(cells) + " |")
-    return "\n".join(out)
 
 
 # %% [markdown]
@@ -162,7 +143,7 @@ for name, r in routes.items():
     rows.append({"route": name, "epochs": r["epochs_done"],
                  "wall time (min)": r["wall_time_s"] / 60, "train error": f["train_error"],
                  "test accuracy": 1 - f["test_error"], "KKT unexplained": f["kkt_unexplained"]})
-display(Markdown(md_table(rows, {"wall time (min)": ".1f", "train error": ".3f",
+display(Markdown(markdown_table(rows, {"wall time (min)": ".1f", "train error": ".3f",
                                  "test accuracy": ".1%", "KKT unexplained": ".1%"})))
 
 # %%
@@ -215,7 +196,7 @@ show = ["task", "n", "profile", "epochs", "weight decay", "train error", "test a
         "KKT unexplained", "trials pooled", "steps", "subspace", "SSIM>0.4 (paper)",
         "SSIM>0.4 (1-1)", "NCC>0.8 (1-1)", "NCC>0.9 (1-1)", "NCC>0.9 vs test images",
         "minutes"]
-display(Markdown(md_table([{k: r[k] for k in show} for r in rows], {
+display(Markdown(markdown_table([{k: r[k] for k in show} for r in rows], {
     "train error": ".3f", "test accuracy": ".1%", "KKT unexplained": ".1%",
     "minutes": ".0f", "weight decay": "g"})))
 print("device of every run:", sorted({r["device"] for r in rows}))
@@ -330,7 +311,7 @@ for (task_name, n, variant), es in sorted(groups.items()):
                      "rank kept": es[0]["rank"]})
     glue(f"abl_{task_name}_{n}_{variant.replace(' ', '_')}",
          float(np.mean([c["ncc>0.9"] for c in c11])), display=False)
-display(Markdown(md_table(abl_rows, {"unexplained": ".2%"})))
+display(Markdown(markdown_table(abl_rows, {"unexplained": ".2%"})))
 print("mean (min-max) over seeds; 'unexplained' = the candidates' stationarity loss / "
       "||theta||^2 at the end; measured on:", abl["provenance"]["device"])
 
@@ -376,7 +357,7 @@ for who, es in scans.items():
                           "NCC>0.9 mean-subtracted": c["ncc0>0.9"],
                           "SSIM>0.4 (paper)": e["counts"]["paper"]["ssim>0.4"]})
         glue(f"tol_{who}_{e['config']['subspace_tol']:g}", c["ncc>0.9"], display=False)
-display(Markdown(md_table(scan_rows)))
+display(Markdown(markdown_table(scan_rows)))
 best_shadow = max(scans["shadow"], key=lambda e: e["counts"]["one_to_one"]["ncc>0.9"])
 glue("tol_shadow_best", f"{best_shadow['config']['subspace_tol']:g}", display=False)
 
@@ -423,7 +404,7 @@ for ax in axes[:, 1:].flat:
 axes.flat[0].legend(fontsize=8)
 fig.tight_layout()
 plt.show()
-display(Markdown(md_table(share_rows, {"Spearman rho(margin, NCC)": ".2f",
+display(Markdown(markdown_table(share_rows, {"Spearman rho(margin, NCC)": ".2f",
                                        "recovered, smallest-margin fifth": ".0%",
                                        "recovered, other four fifths": ".0%"})))
 
@@ -467,7 +448,7 @@ for r in speed:
     glue(f"{key}_f64", r["ratio_f64"], display=False)
     glue(f"{key}_f32", r["ratio_f32"], display=False)
     glue(f"{key}_ours", ours, display=False)
-display(Markdown(md_table(rows, {"recon": ".3g", "paper's way, float64": ".3g",
+display(Markdown(markdown_table(rows, {"recon": ".3g", "paper's way, float64": ".3g",
                                  "paper's way, float32": ".3g", "ratio vs float64": ".1f",
                                  "ratio vs float32": ".1f"})))
 p0 = speed[0]["provenance"]
@@ -527,7 +508,7 @@ for (task_name, n, tm, variant), es in sorted(groups.items(), key=lambda kv: (
                       "unexplained (float64)": float(np.mean([e["stat_rel_f64"] for e in es]))})
     glue(f"prec_{task_name}_{tm}_{variant.replace(' ', '_')}", float(np.mean(counts)),
          display=False)
-display(Markdown(md_table(prec_rows, {"NCC>0.9 (1-1), mean": ".1f",
+display(Markdown(markdown_table(prec_rows, {"NCC>0.9 (1-1), mean": ".1f",
                                       "unexplained (float64)": ".2%"})))
 ranks = {tm: sorted({e["rank"] for e in prec["entries"] if e["task"] == "mnist"
                      and e["train_matmul"] == tm}) for tm in ("full", "bfloat16")}
@@ -617,7 +598,7 @@ for ch in chapters:
             row[f"{prof}, {label}"] = "not timed" if v is None else format_duration(v)
     time_rows.append(row)
 if time_rows:
-    display(Markdown(md_table(time_rows)))
+    display(Markdown(markdown_table(time_rows)))
 else:
     print("no chapter timings under", RESULTS / "benchmarks")
 

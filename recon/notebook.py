@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["format_duration", "glue", "glue_runtime", "have_myst_nb", "runtimes"]
+__all__ = ["format_duration", "glue", "glue_runtime", "have_myst_nb", "markdown_table", "runtimes"]
 
 
 def have_myst_nb() -> bool:
@@ -70,3 +70,28 @@ def glue_runtime(chapter: str) -> dict[str, dict[str, float]]:
             value = format_duration(row[col]) if col in row else "not timed"
             glue(f"runtime_{profile}_{key}", value, display=False)
     return times
+
+
+def markdown_table(rows: list[dict], fmt: dict[str, str] | None = None) -> str:
+    """A list of dicts (one per row, the first one's keys as columns) as a Markdown table;
+    ``fmt``: column -> format spec. ``None`` and NaN show as an en dash."""
+    import math
+
+    if not rows:
+        raise ValueError("no rows to show")
+    fmt = fmt or {}
+    cols = list(rows[0])
+    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        cells = []
+        for c in cols:
+            v = r.get(c)
+            if v is None or (isinstance(v, float) and math.isnan(v)):
+                cells.append("–")
+            elif c in fmt:
+                cells.append(format(v, fmt[c]))
+            else:
+                cells.append(str(v))
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out)
+

@@ -53,3 +53,15 @@ def test_format_duration():
     assert nb.format_duration(42.4) == "42 s"
     assert nb.format_duration(150) == "2.5 min"
     assert nb.format_duration(1800) == "30 min"
+
+
+def test_markdown_table_formats_columns_and_marks_missing_values():
+    from recon.notebook import markdown_table
+
+    table = markdown_table([{"task": "mnist", "share": 0.25, "rho": None},
+                            {"task": "cifar10", "share": float("nan"), "rho": -0.5}],
+                           {"share": ".0%"})
+    assert table.splitlines() == ["| task | share | rho |", "|---|---|---|",
+                                  "| mnist | 25% | – |", "| cifar10 | – | -0.5 |"]
+    with pytest.raises(ValueError, match="no rows"):
+        markdown_table([])
