@@ -254,6 +254,29 @@ def cmd_reproduce(args) -> None:
         raise SystemExit(130) from None
 
 
+def cmd_study(args) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from .study import run_study_spec
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        rows = run_study_spec(args.spec, args.out, only=args.only, dry_run=args.list,
+                              device=args.device, progress=not args.quiet)
+    except KeyboardInterrupt:
+        print("interrupted: finished points keep their cards, and the point in progress its "
+              "stages; run the same command again to resume", file=sys.stderr)
+        raise SystemExit(130) from None
+    done = sum(r["done"] for r in rows)
+    for r in rows:
+        print(f"{'done' if r['done'] else 'todo'}  {r['point']}  ({', '.join(r['axes'])})")
+    print(f"[study] {done} of {len(rows)} points have a complete card")
+
+
+TASK_CHOICES = ("mnist", "cifar10", "mnist-multiclass", "cifar10-multiclass")
+
 MATMUL_HELP = ("precision of the matrix products: auto (bfloat16 on CPUs with AMX / AVX-512 "
                "BF16 and on Ampere or newer GPUs, else full), full, bfloat16, float16")
 
@@ -286,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", formatter_class=_FMT, help="train the paper's MLP on a binary task")
     t.add_argument("--run", required=True, help="run directory to write")
-    t.add_argument("--task", choices=("mnist", "cifar10"), default="mnist",
+    t.add_argument("--task", choices=TASK_CHOICES, default="mnist",
                    help="the paper's binary task")
     t.add_argument("--n-per-class", type=int, default=250,
                    help="training images per class (paper: 250, n = 500)")
@@ -410,7 +433,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("reproduce", formatter_class=_FMT,
                         help="the paper's experiment end to end: train, sweep, pool, evaluate; "
                              "writes a run card and figures")
-    rp.add_argument("task", choices=("mnist", "cifar10"))
+    rp.add_argument("task", choices=TASK_CHOICES,
+                    help="the paper's binary task, or its ten-class version (-multiclass)")
     rp.add_argument("--profile", choices=("quick", "full", "paper"), default="quick",
                     help="quick: minutes on a laptop CPU; full: n = 500 with the best "
                          "measured recipe (a GPU, or hours of CPU); paper: the paper's own "
@@ -432,9 +456,21 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--threads", type=int, help="torch CPU threads")
     rp.set_defaults(func=cmd_reproduce)
 
-    for s in (t, r, w, rp):
+    st = sub.add_parser("study", formatter_class=_FMT,
+                        help="a grid of reproduce runs from a JSON spec, one run card per "
+                             "point; points with a complete card are skipped")
+    st.add_argument("spec", help="study spec (JSON; see recon.study), e.g. studies/leakage.json")
+    st.add_argument("--out", default="results/study",
+                    help="where the study's folder of cards goes")
+    st.add_argument("--only", help="run only the points whose name contains this text")
+    st.add_argument("--list", action="store_true",
+                    help="list the points and which are done; run nothing")
+    st.add_argument("--threads", type=int, help="torch CPU threads")
+    st.set_defaults(func=cmd_study)
+
+    for s in (t, r, w, rp, st):
         s.add_argument("--device", default=default_device(), help="torch device")
-    for s in (t, r, e, w, rp):
+    for s in (t, r, e, w, rp, st):
         s.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 

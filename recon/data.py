@@ -48,14 +48,20 @@ __all__ = [
     "POSITIVE_LABELS",
     "TASKS",
     "BinaryTask",
+    "MulticlassTask",
+    "MULTICLASS_TASKS",
     "DataUnavailableError",
     "binary_labels",
+    "flip_labels",
     "load_raw",
     "load_task",
     "select_first_per_class",
 ]
 
 TASKS: tuple[str, ...] = ("mnist", "cifar10")
+#: the ten-class tasks on the same images (:class:`MulticlassTask`)
+MULTICLASS_SUFFIX = "-multiclass"
+MULTICLASS_TASKS: tuple[str, ...] = tuple(t + MULTICLASS_SUFFIX for t in TASKS)
 
 #: Original class names, indexed by class label 0..9.
 CLASS_NAMES: dict[str, tuple[str, ...]] = {
@@ -126,6 +132,11 @@ class BinaryTask:
         what run cards record, so that a committed card names no local folder."""
         kind, _, where = self.source.partition(":")
         return f"{kind}:{os.path.basename(where)}" if kind == "npz" else kind
+
+    @property
+    def n_outputs(self) -> int:
+        """Outputs of the network that fits the task: 1 (one logit for two classes)."""
+        return 1
 
     @property
     def n(self) -> int:
@@ -218,15 +229,17 @@ def binary_labels(name: str, labels: np.ndarray | torch.Tensor) -> np.ndarray | 
 
 
 def select_first_per_class(y: np.ndarray, n_per_class: int, split: str = "split",
-                           skip_per_class: int = 0) -> np.ndarray:
-    """Indices of the first ``n_per_class`` entries with ``y == -1`` and with ``y == +1``,
-    after skipping the first ``skip_per_class`` of each.
+                           skip_per_class: int = 0, classes=(-1, 1)) -> np.ndarray:
+    """Indices of the first ``n_per_class`` entries of each class (``y == -1`` and
+    ``y == +1`` by default, or the values in ``classes``), after skipping the first
+    ``skip_per_class`` of each.
 
-    ``y`` is ``(N,)`` in {-1, +1}, in stored order. Returns ``(2 * n_per_class,)`` int64
+    ``y`` is ``(N,)``, in stored order. Returns ``(len(classes) * n_per_class,)`` int64
     indices in increasing (stored) order. Raises ``ValueError`` if a class is too small.
     """
     chosen = []
-    for value, label in ((-1, "y=-1"), (1, "y=+1")):
+    for value in classes:
+        label = f"y={value:+d}" if tuple(classes) == (-1, 1) else str(value)
         where = np.flatnonzero(y == value)
         if where.size < skip_per_class + n_per_class:
             raise ValueError(
@@ -406,7 +419,8 @@ def load_task(
 
     Args:
         name: ``"mnist"`` (odd = +1 vs even = -1) or ``"cifar10"`` (animal = +1 vs
-            vehicle = -1).
+            vehicle = -1); ``"mnist-multiclass"`` or ``"cifar10-multiclass"`` for the
+            ten-class task (a :class:`MulticlassTask`, ``n_per_class`` of each digit or class).
         n_per_class: training images per binary class (paper: 250 -> n = 500).
         n_test_per_class: test images per binary class (paper: 500 -> 1000).
         data_dir, download, cache_dir: where to get the images, see :func:`load_raw`.
@@ -423,14 +437,18 @@ def load_task(
     Raises:
         ValueError: unknown name, non-positive counts, or a split with too few images.
     """
-    name = _check_name(name)
     n_per_class = _check_count(n_per_class, "n_per_class")
     n_test_per_class = _check_count(n_test_per_class, "n_test_per_class")
+    if skip_per_class < 0:
+        raise ValueError(f"skip_per_class must be >= 0, got {skip_per_class!r}")
+    if isinstance(name, str) and name.lower() in MULTICLASS_TASKS:
+        return _load_multiclass(name.lower(), n_per_class, n_test_per_class, lambda base: load_raw(
+            base, data_dir=data_dir, download=download, cache_dir=cache_dir), dtype,
+            skip_per_class)
+    name = _check_name(name)
     x_tr, lab_tr, x_te, lab_te, source = load_raw(
         name, data_dir=data_dir, download=download, cache_dir=cache_dir
     )
-    if skip_per_class < 0:
-        raise ValueError(f"skip_per_class must be >= 0, got {skip_per_class!r}")
     idx_tr = select_first_per_class(binary_labels(name, lab_tr), n_per_class, "training split",
                                     skip_per_class)
     idx_te = select_first_per_class(binary_labels(name, lab_te), n_test_per_class, "test split")
@@ -455,3 +473,57 @@ def load_task(
         source=source,
         index_test=tensor(idx_te, torch.int64),
     )
+
+
+@dataclass(frozen=True)
+class MulticlassTask(BinaryTask):
+    """The ten-class task on the same images (Buzaglo et al., 2023): the first
+    ``n_per_class`` images of *each* class in stored order, labels ``y`` the class indices
+    0..9 (int64), ``class_names`` all ten names. Everything else as :class:`BinaryTask`."""
+
+    @property
+    def n_outputs(self) -> int:
+        return len(self.class_names)
+
+
+def _load_multiclass(name: str, n_per_class: int, n_test_per_class: int, load, dtype,
+                     skip_per_class: int) -> MulticlassTask:
+    base = name.removesuffix(MULTICLASS_SUFFIX)
+    x_tr, lab_tr, x_te, lab_te, source = load(base)
+    classes = range(len(CLASS_NAMES[base]))
+    idx_tr = select_first_per_class(lab_tr, n_per_class, "training split", skip_per_class,
+                                    classes)
+    idx_te = select_first_per_class(lab_te, n_test_per_class, "test split", 0, classes)
+    train01, test01 = _to_nchw01(x_tr[idx_tr]), _to_nchw01(x_te[idx_te])
+    mean = train01.mean(axis=0, keepdims=True)
+
+    def tensor(a: np.ndarray, dt: torch.dtype = dtype) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a)).to(dt)
+
+    return MulticlassTask(
+        name=name, x_train=tensor(train01 - mean),
+        y_train=tensor(lab_tr[idx_tr], torch.int64),
+        labels_train=tensor(lab_tr[idx_tr], torch.int64), index_train=tensor(idx_tr, torch.int64),
+        x_test=tensor(test01 - mean), y_test=tensor(lab_te[idx_te], torch.int64),
+        labels_test=tensor(lab_te[idx_te], torch.int64), mean=tensor(mean),
+        class_names=CLASS_NAMES[base], source=source, index_test=tensor(idx_te, torch.int64),
+    )
+
+
+def flip_labels(task: BinaryTask, fraction: float, seed: int = 0) -> BinaryTask:
+    """The task with ``round(fraction * n)`` training labels flipped (a random subset, drawn
+    with ``seed``): label noise, which the network must then memorise. Images, test set and
+    original class labels are unchanged; ``fraction = 0`` returns ``task`` itself."""
+    if not 0 <= fraction <= 1:
+        raise ValueError(f"fraction must be in [0, 1], got {fraction!r}")
+    k = round(fraction * task.n)
+    if k == 0:
+        return task
+    if task.n_outputs > 1:
+        raise ValueError("label noise is defined here for the binary tasks only")
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(task.n, generator=gen)[:k]
+    y = task.y_train.clone()
+    y[idx] = -y[idx]
+    return dataclasses.replace(task, y_train=y)
+

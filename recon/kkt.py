@@ -29,7 +29,7 @@ import torch
 from scipy.optimize import nnls
 
 from .models import MLP, check_supported
-from .train import check_binary_data
+from .train import check_data, output_margins
 
 __all__ = ["KKTDiagnostic", "kkt_diagnostic", "gradient_gram", "stationarity_residual"]
 
@@ -84,10 +84,15 @@ def gradient_gram(
     ``K[i, j] = <g_i, g_j>`` ``(n, n)``, ``b[i] = <theta, g_i>`` ``(n,)`` and the outputs
     ``Phi(theta; x_i)`` ``(n,)``, all float64. ``alpha`` replaces the ReLU's step derivative by
     ``sigmoid(alpha h)`` (the same gate the reconstruction uses); ``None`` is exact.
+
+    Multiclass (``C`` outputs, ``y`` class indices): ``g_i`` is the gradient of the margin
+    ``Phi_{y_i}(x_i) - Phi_{c_i}(x_i)``, ``c_i`` the highest other class (Buzaglo et al.,
+    2023); the backward pass starts from the signed one-hot ``e_{y_i} - e_{c_i}`` instead of
+    1, and ``out`` is the ``(n, C)`` logits.
     """
     model = check_supported(model)
     xf = model.check_input(x).double()
-    y = y.double()
+    y = y.double() if not model.multiclass else y
     weights = [layer.weight.double() for layer in model.layers]
     bias = model.layers[0].bias
     # forward: inputs of each layer a_{l-1} and pre-activations h_l
@@ -98,9 +103,17 @@ def gradient_gram(
         inputs.append(torch.relu(h))
         h = inputs[-1] @ w.T
         pre.append(h)
-    out = h.squeeze(1)
-    # backward: delta_l = dPhi/dh_l per sample
-    delta = torch.ones_like(h)
+    if model.multiclass:  # start from e_y - e_c, c the highest other class
+        yl = y.long()
+        other = h.masked_fill(torch.nn.functional.one_hot(yl, h.shape[1]).bool(),
+                              float("-inf")).argmax(1)
+        delta = torch.zeros_like(h)
+        delta[torch.arange(len(h)), yl] = 1.0
+        delta[torch.arange(len(h)), other] = -1.0
+        out = h
+    else:
+        out = h.squeeze(1)
+        delta = torch.ones_like(h)  # backward: delta_l = dPhi/dh_l per sample
     K = torch.zeros(len(xf), len(xf), dtype=torch.float64, device=xf.device)
     b = torch.zeros(len(xf), dtype=torch.float64, device=xf.device)
     for layer in reversed(range(len(weights))):
@@ -114,8 +127,9 @@ def gradient_gram(
             b += (delta * pre[layer]).sum(1)
         if layer > 0:
             delta = (delta @ weights[layer]) * _gate(pre[layer - 1], alpha)
-    K = K * torch.outer(y, y)
-    b = b * y
+    if not model.multiclass:
+        K = K * torch.outer(y, y)
+        b = b * y
     return K, b, out
 
 
@@ -134,7 +148,7 @@ def kkt_diagnostic(
     factorised Gram matrix). x: ``(n, *input_shape)``; y: ``(n,)`` in {-1, +1}.
     """
     model = check_supported(model)
-    check_binary_data(model, x, y)
+    check_data(model, x, y)
     K, b, out = gradient_gram(model, x, y, alpha)
     theta2 = model.theta_norm2()
     # ||theta - G^T lam||^2 = theta2 - 2 b.lam + lam^T K lam. Write K = A^T A (A = S^1/2 U^T)
@@ -146,7 +160,7 @@ def kkt_diagnostic(
     lam_np, _ = nnls(A.numpy(), t.numpy(), maxiter=50 * len(b))
     lam = torch.from_numpy(np.asarray(lam_np, dtype=np.float64))
     res2 = _residual2(theta2, K.cpu(), b.cpu(), lam)
-    margin = (y.double().cpu() * out.cpu())
+    margin = output_margins(out.cpu(), y.double().cpu() if not model.multiclass else y.cpu())
     return KKTDiagnostic(
         lam=lam,
         margin=margin,
@@ -168,7 +182,7 @@ def stationarity_residual(
     number of points.
     """
     check_supported(model)
-    check_binary_data(model, x, y)
+    check_data(model, x, y)
     lam = torch.as_tensor(lam, dtype=torch.float64).cpu()
     if lam.shape != (len(x),):
         raise ValueError(f"lam must have shape ({len(x)},), got {tuple(lam.shape)}")

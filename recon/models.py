@@ -1,11 +1,12 @@
-"""The paper's network: a homogeneous ReLU MLP with one output logit.
+"""The paper's network: a homogeneous ReLU MLP with one output logit (or one per class).
 
 ``MLP(input_shape, widths=(1000, 1000))`` is the D-1000-1000-1 network of Haim et al.
 (2022): ReLU activations, a bias in the first layer only, no bias in the hidden or output
 layers. The first-layer bias acts as a weight on a constant input, so the network is
 positively homogeneous in its parameters, of degree ``depth = len(widths) + 1``:
 ``Phi(c * theta; x) = c**depth * Phi(theta; x)`` for ``c > 0``. That homogeneity is what
-the implicit-bias theory (and so the reconstruction) rests on.
+the implicit-bias theory (and so the reconstruction) rests on. ``n_outputs = C > 1`` gives the
+multiclass network of Buzaglo et al. (2023), ``D -> widths... -> C``, homogeneous the same way.
 
 The forward pass takes an optional ``alpha``. With ``alpha=None`` the ReLU is exact. With
 a number, the forward value is still the exact ReLU but its derivative is
@@ -46,7 +47,7 @@ def relu_soft_backward(z: torch.Tensor, alpha: float | None) -> torch.Tensor:
 
 
 class MLP(nn.Module):
-    """Fully connected ReLU network ``D -> widths... -> 1`` with a first-layer bias only.
+    """Fully connected ReLU network ``D -> widths... -> n_outputs`` with a first-layer bias only.
 
     Args:
         input_shape: shape of one input, e.g. ``(1, 28, 28)`` or ``(3, 32, 32)`` or ``(2,)``.
@@ -56,8 +57,10 @@ class MLP(nn.Module):
             ``deep_init_scale`` is given, in which case they are ``N(0, 1) * deep_init_scale``.
         first_bias: keep the first layer's bias (the paper does).
         frozen: indices of layers that are not trained (see :meth:`freeze`).
+        n_outputs: 1 (the paper's binary classifier) or the number of classes ``C >= 2``.
 
-    ``forward(x, alpha=None)``: x ``(m, *input_shape)`` -> logits ``(m,)``.
+    ``forward(x, alpha=None)``: x ``(m, *input_shape)`` -> logits ``(m,)`` for one output,
+    ``(m, C)`` for ``C`` outputs.
 
     Frozen layers: the network is still homogeneous in the parameters that are trained, of
     degree :attr:`degree` (the number of trained layers), so the implicit-bias theorem and the
@@ -74,8 +77,12 @@ class MLP(nn.Module):
         first_bias: bool = True,
         deep_init_scale: float | None = None,
         frozen: Sequence[int] = (),
+        n_outputs: int = 1,
     ) -> None:
         super().__init__()
+        if int(n_outputs) != n_outputs or n_outputs < 1:
+            raise ValueError(f"n_outputs must be a positive integer, got {n_outputs!r}")
+        self.n_outputs = int(n_outputs)
         self.frozen: tuple[int, ...] = ()
         self.input_shape = tuple(int(s) for s in input_shape)
         self.widths = tuple(int(w) for w in widths)
@@ -84,7 +91,7 @@ class MLP(nn.Module):
         if any(s <= 0 for s in self.input_shape):
             raise ValueError(f"input_shape must be positive, got {input_shape!r}")
         self.first_bias = bool(first_bias)
-        dims = (math.prod(self.input_shape), *self.widths, 1)
+        dims = (math.prod(self.input_shape), *self.widths, self.n_outputs)
         self.layers = nn.ModuleList(
             nn.Linear(d_in, d_out, bias=(i == 0 and self.first_bias))
             for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:]))
@@ -129,7 +136,8 @@ class MLP(nn.Module):
         """An untrained network of the shape ``arch`` (what :meth:`arch` returns and
         checkpoints store); load its weights with ``load_state_dict``."""
         return cls(arch["input_shape"], arch["widths"], init_scale=None,
-                   first_bias=arch["first_bias"], frozen=arch.get("frozen", ()))
+                   first_bias=arch["first_bias"], frozen=arch.get("frozen", ()),
+                   n_outputs=arch.get("n_outputs", 1))
 
     def theta_norm2(self, dtype: torch.dtype | None = torch.float64) -> float:
         """``||theta||^2`` over the trained parameters, accumulated in ``dtype`` (float64 by
@@ -158,6 +166,7 @@ class MLP(nn.Module):
             "widths": list(self.widths),
             "first_bias": self.first_bias,
             "frozen": list(self.frozen),
+            "n_outputs": self.n_outputs,
         }
 
     def check_input(self, x: torch.Tensor) -> torch.Tensor:
@@ -175,7 +184,8 @@ class MLP(nn.Module):
         return x.reshape(x.shape[0], -1)
 
     def features(self, x: torch.Tensor, alpha: float | None = None) -> list[torch.Tensor]:
-        """Pre-activations of every layer: a list of ``(m, width_l)`` tensors, last ``(m, 1)``."""
+        """Pre-activations of every layer: a list of ``(m, width_l)`` tensors, the last
+        ``(m, n_outputs)``."""
         h = self.check_input(x)
         pre = []
         for i, layer in enumerate(self.layers):
@@ -186,10 +196,17 @@ class MLP(nn.Module):
         return pre
 
     def forward(self, x: torch.Tensor, alpha: float | None = None) -> torch.Tensor:
-        return self.features(x, alpha)[-1].squeeze(-1)
+        out = self.features(x, alpha)[-1]
+        return out.squeeze(-1) if self.n_outputs == 1 else out
+
+    @property
+    def multiclass(self) -> bool:
+        """Whether the network has one output per class (``n_outputs > 1``)."""
+        return self.n_outputs > 1
 
     def extra_repr(self) -> str:
-        return f"input_shape={self.input_shape}, widths={self.widths}"
+        out = f", n_outputs={self.n_outputs}" if self.multiclass else ""
+        return f"input_shape={self.input_shape}, widths={self.widths}{out}"
 
     @classmethod
     def from_sequential(cls, seq: nn.Sequential, input_shape: Sequence[int]) -> MLP:
@@ -212,16 +229,12 @@ class MLP(nn.Module):
                 "a hidden or output Linear has a bias: the method needs a homogeneous network "
                 "(bias in the first layer only)"
             )
-        if linears[-1].out_features != 1:
-            raise UnsupportedModelError(
-                f"the output layer has {linears[-1].out_features} outputs; "
-                "the method needs one logit"
-            )
         model = cls(
             input_shape,
             widths=[m.out_features for m in linears[:-1]],
             init_scale=None,
             first_bias=linears[0].bias is not None,
+            n_outputs=linears[-1].out_features,
         )
         if model.input_dim != linears[0].in_features:
             raise UnsupportedModelError(
@@ -238,9 +251,9 @@ class MLP(nn.Module):
 def check_supported(model: nn.Module) -> MLP:
     """Return ``model`` if the reconstruction supports it, else raise a clear error.
 
-    Supported: this library's :class:`MLP` (homogeneous ReLU network, one logit, bias in the
-    first layer at most). A plain ``nn.Sequential`` of Linear/ReLU layers with the same
-    structure can be converted with :func:`MLP.from_sequential`.
+    Supported: this library's :class:`MLP` (homogeneous ReLU network, one logit or one per
+    class, bias in the first layer at most). A plain ``nn.Sequential`` of Linear/ReLU layers
+    with the same structure can be converted with :func:`MLP.from_sequential`.
     """
     if isinstance(model, MLP):
         for i, layer in enumerate(model.layers):
@@ -249,15 +262,17 @@ def check_supported(model: nn.Module) -> MLP:
                     f"layer {i} has a bias: the method needs a homogeneous network "
                     "(bias in the first layer only)"
                 )
-        if model.layers[-1].out_features != 1:
-            raise UnsupportedModelError("the method needs a binary classifier with one output")
+        if model.layers[-1].out_features != model.n_outputs:
+            raise UnsupportedModelError(
+                f"the output layer has {model.layers[-1].out_features} outputs but the model "
+                f"declares n_outputs = {model.n_outputs}; build it with MLP(..., n_outputs=C)")
         return model
     if isinstance(model, nn.Sequential):
         raise UnsupportedModelError(
             "got an nn.Sequential; convert it with recon.models.MLP.from_sequential(model, "
-            "input_shape) (Linear/ReLU layers only, bias in the first Linear only, one output)"
+            "input_shape) (Linear/ReLU layers only, bias in the first Linear only)"
         )
     raise UnsupportedModelError(
         f"got a {type(model).__name__}; the reconstruction supports recon.models.MLP: a ReLU "
-        "MLP with one output logit and a bias in the first layer only (a homogeneous network)"
+        "MLP with a bias in the first layer only (a homogeneous network)"
     )

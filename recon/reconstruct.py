@@ -52,6 +52,7 @@ from .models import MLP, check_supported
 from .provenance import provenance
 from .resume import same_but_length
 from .stationarity import Stationarity
+from .train import output_margins
 
 __all__ = [
     "ReconConfig",
@@ -168,8 +169,13 @@ class ReconResult:
         return {k: v[-1] for k, v in self.history.items() if v}
 
 
-def balanced_labels(m: int, dtype=torch.float32, device=None) -> torch.Tensor:
-    """``(m,)`` labels: the first ``m // 2`` are -1, the rest +1."""
+def balanced_labels(m: int, dtype=torch.float32, device=None, n_classes: int = 2
+                    ) -> torch.Tensor:
+    """``(m,)`` labels: the first ``m // 2`` are -1, the rest +1. With ``n_classes > 2``,
+    class indices (int64) in equal blocks, ``0 ... 0, 1 ... 1, ...`` (as equal as ``m``
+    allows), the multiclass follow-up's assignment."""
+    if n_classes > 2:
+        return torch.arange(m, device=device) * n_classes // m
     y = torch.ones(m, dtype=dtype, device=device)
     y[: m // 2] = -1
     return y
@@ -199,10 +205,12 @@ def stationarity_loss(
 
     Differentiable in ``x`` and ``lam`` (the inner gradient is built with a graph).
     x: ``(m, *input_shape)``; lam, y: ``(m,)``. The model's parameters must require grad.
+    Multiclass models: ``y`` holds class indices and ``y_j Phi(x_j)`` becomes the margin
+    ``Phi_{y_j}(x_j) - max_{c != y_j} Phi_c(x_j)`` (Buzaglo et al., 2023).
     """
     params = model.theta()
-    out = model(x, alpha=alpha)
-    grads = torch.autograd.grad((out * lam * y).sum() / len(x), params, create_graph=True)
+    out = output_margins(model(x, alpha=alpha), y)
+    grads = torch.autograd.grad((out * lam).sum() / len(x), params, create_graph=True)
     return sum((p.detach() - g).pow(2).sum() for p, g in zip(params, grads))
 
 
@@ -352,7 +360,7 @@ def load_reconstruction(path: str | os.PathLike) -> tuple[ReconResult, dict]:
     return res, raw
 
 
-def _start(config: ReconConfig, shape, dtype, x_init, lam_init, y):
+def _start(config: ReconConfig, shape, dtype, x_init, lam_init, y, n_classes: int = 1):
     """The starting candidates (CPU), multipliers and labels, validated."""
     m = config.n_candidates
     gen = torch.Generator().manual_seed(config.seed)
@@ -364,10 +372,17 @@ def _start(config: ReconConfig, shape, dtype, x_init, lam_init, y):
                              f"{tuple(x_init.shape)}")
         x0 = x_init.detach().to(dtype).cpu().clone()
     lam0 = torch.rand(m, generator=gen, dtype=dtype) if lam_init is None else lam_init.detach()
-    y = balanced_labels(m, dtype) if y is None else y.detach()
+    y = balanced_labels(m, dtype, n_classes=n_classes) if y is None else y.detach()
     if tuple(lam0.shape) != (m,) or tuple(y.shape) != (m,):
         raise ValueError(f"lam_init and y must have shape ({m},)")
-    if not bool(((y == 1) | (y == -1)).all()):
+    if n_classes > 1:
+        if m < n_classes:
+            raise ValueError(f"n_candidates = {m} is fewer than the model's {n_classes} "
+                             "classes; use at least one candidate per class")
+        if y.is_floating_point() or int(y.min()) < 0 or int(y.max()) >= n_classes:
+            raise ValueError(f"y must hold class indices 0..{n_classes - 1} (int64) for a "
+                             f"model with {n_classes} outputs")
+    elif not bool(((y == 1) | (y == -1)).all()):
         raise ValueError("y must hold only -1 and +1")
     return x0, lam0, y
 
@@ -393,7 +408,8 @@ class _Run:
         self.fingerprint = theta_fingerprint(net)
         m = config.n_candidates
         self.shape = shape = (m, *net.input_shape)
-        x0, lam0, y = _start(config, shape, dtype, x_init, lam_init, y)
+        x0, lam0, y = _start(config, shape, dtype, x_init, lam_init, y,
+                             net.n_outputs if net.multiclass else 1)
         self.basis = basis = None
         if config.subspace_tol > 0:
             self.basis = basis = first_layer_basis(
@@ -417,7 +433,8 @@ class _Run:
                 self.z = self.z * (x0[0].numel() / basis.shape[1]) ** 0.5
         self.px.requires_grad_(True)
         self.lam = lam0.to(device, dtype).clone().requires_grad_(True)
-        self.y = y.to(device, dtype)
+        self.ydt = torch.long if net.multiclass else dtype
+        self.y = y.to(device, self.ydt)
         lo, hi = _box(config, mean, x0)
         self.lo, self.hi = (
             v.flatten(1) if torch.is_tensor(v) else torch.tensor(v, dtype=dtype, device=device)
@@ -470,7 +487,7 @@ class _Run:
                 self.z.copy_(self.to_coords(prev.x.to(self.device, self.dtype).flatten(1),
                                             exact=True))
             self.lam.copy_(prev.lam)
-        self.y = prev.y.to(self.device, self.dtype)
+        self.y = prev.y.to(self.device, self.ydt)
         for opt, state in zip(self.opts, raw["optimizers"]):
             opt.load_state_dict(state)
         res = self.res

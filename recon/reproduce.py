@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["SWEEP_DEFAULTS", "reproduce", "default_out", "read_card",
+__all__ = ["SWEEP_DEFAULTS", "reproduce", "default_out", "read_card", "trained_params",
            "results_dir", "load_cards", "card_row"]
 
 # per profile: trials in the sweep, how many best trials to pool, search space, sampler
@@ -110,6 +110,13 @@ def load_cards(root: str | os.PathLike | None = None, *, complete: bool = True) 
     return sorted(cards, key=lambda c: (c["task"]["name"], c["task"]["n"], c["profile"]))
 
 
+def trained_params(input_dim: int, widths, n_outputs: int = 1) -> int:
+    """The number of trained parameters ``p`` of the paper's MLP: every weight of the
+    ``input_dim - widths... - n_outputs`` layers plus the first layer's bias."""
+    dims = [int(input_dim), *map(int, widths), int(n_outputs)]
+    return sum(a * b for a, b in zip(dims, dims[1:])) + dims[1]
+
+
 def card_row(card: dict) -> dict:
     """One table row of a run card: size, training, counts under both matchings, margins."""
     c = card["pool"]["counts"]["pool"]
@@ -178,6 +185,8 @@ def reproduce(
     space: str | None = None,
     tv: float | None = None,
     matmul: str | None = None,
+    train_overrides: dict | None = None,
+    label_noise: float = 0.0,
     device: str | None = None,
     progress: bool = True,
     max_pairs: int = 40,
@@ -185,9 +194,12 @@ def reproduce(
     """Train, sweep, pool and evaluate one task; write ``OUT/card.json`` and figures.
 
     Every stage resumes from what ``OUT`` already holds. Returns the run card (a dict).
-    Overrides change the profile's settings (and so the directory name when ``out`` is None).
+    Overrides change the profile's settings (and so the directory name when ``out`` is None):
+    ``train_overrides`` sets any :class:`recon.train.TrainConfig` field (widths, init scale,
+    the defenses), ``label_noise`` flips that fraction of the training labels
+    (:func:`recon.data.flip_labels`).
     """
-    from .data import load_task
+    from .data import flip_labels, load_task
     from .evaluate import evaluate
     from .files import atomic_write_json
     from .hardware import default_device
@@ -209,8 +221,8 @@ def reproduce(
     npc = n_per_class or s["n_per_class"]
     tcfg = dataclasses.replace(s["train"], **{k: v for k, v in {
         "epochs": epochs, "weight_decay": weight_decay, "matmul": matmul}.items()
-        if v is not None})
-    data = load_task(task, npc)
+        if v is not None}, **(train_overrides or {}))
+    data = flip_labels(load_task(task, npc), label_noise, seed=tcfg.seed)
     rcfg = ReconConfig(**{**s["recon"].to_dict(), "n_candidates": 2 * data.n,
                           **({"steps": steps} if steps else {}),
                           **({"tv": tv} if tv is not None else {}),
@@ -234,7 +246,12 @@ def reproduce(
 
     card.update(format=CARD_FORMAT, profile=profile, device=dev, complete=False,
                 task={"name": data.name, "n_per_class": npc, "n": data.n,
-                      "n_test": int(len(data.y_test)), "source": data.source_kind},
+                      "n_test": int(len(data.y_test)), "source": data.source_kind,
+                      **({"label_noise": label_noise} if label_noise else {})},
+                model={"input_dim": int(data.x_train[0].numel()),
+                       "params": trained_params(data.x_train[0].numel(), tcfg.widths,
+                                                data.n_outputs),
+                       "n_outputs": data.n_outputs},
                 config={"train": tcfg.to_dict(), "recon_base": rcfg.to_dict(), "sweep": sw})
 
     # 1. train ------------------------------------------------------------------------------
@@ -249,8 +266,10 @@ def reproduce(
     wall["train"] = res.wall_time
     # run.json lets the sweep find the task (the format `python -m recon train` writes)
     run_json = {"task": {"name": data.name, "n_per_class": npc,
-                         "n_test_per_class": int(len(data.y_test)) // 2, "n": data.n,
-                         "source": data.source_kind}, "device": dev}
+                         "n_test_per_class": data.n_test // max(2, data.n_outputs),
+                         "n": data.n,
+                         "source": data.source_kind, "label_noise": label_noise,
+                         "label_noise_seed": tcfg.seed}, "device": dev}
     atomic_write_json(run_json, out / "run.json")
     save()
 

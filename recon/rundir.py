@@ -24,12 +24,13 @@ def read_run_card(run: str | os.PathLike) -> dict:
 
 def run_task(card: dict, run: str | os.PathLike):
     """The :class:`recon.data.BinaryTask` the run was trained on, as its card records it
-    (size, test size and, for shadow models, the images skipped per class)."""
-    from .data import load_task
+    (size, test size, for shadow models the images skipped per class, and label noise)."""
+    from .data import flip_labels, load_task
 
     if "task" not in card:
         raise FileNotFoundError(f"{run} has no trained model (no task in run.json); run "
                                 f"`python -m recon train --run {run}` first")
     t = card["task"]
-    return load_task(t["name"], t["n_per_class"], t.get("n_test_per_class", 500),
+    task = load_task(t["name"], t["n_per_class"], t.get("n_test_per_class", 500),
                      skip_per_class=t.get("skip_per_class", 0))
+    return flip_labels(task, t.get("label_noise", 0.0), t.get("label_noise_seed", 0))

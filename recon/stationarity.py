@@ -37,6 +37,11 @@ where two short recursions carry the chain rule through the network's backward p
     g_L = 0,        g_l = (W_{l+1}^T delta_{l+1}) * s'_l * eps_l
                           + s_l * (f_{l+1} + W_{l+1}^T g_{l+1})
 
+Multiclass networks (``C`` outputs, Buzaglo et al., 2023) replace ``y_j Phi(x_j)`` by the
+margin ``Phi_{y_j}(x_j) - Phi_{c_j}(x_j)``, ``c_j`` the candidate's highest other class: the
+backward pass starts from ``delta_L = e_{y_j} - e_{c_j}`` instead of 1 (with ``c_j = lambda_j /
+m``), and the formulas above hold as written, ``e_L`` and ``delta_L`` now ``C``-vectors.
+
 Chapter 3 derives the loss; the tests check this gradient against autograd's double backward.
 """
 
@@ -64,7 +69,8 @@ class Stationarity:
             ``torch.bfloat16`` / ``torch.float16``. Every product's result is brought back to
             ``dtype``, where the residuals ``W_l - G_l``, the sums and the gradients are formed.
 
-    Call ``stat(z, lam, y)`` -> ``(L_stat, dL/dz (m, k), dL/dlam (m,))``, all in ``dtype``.
+    Call ``stat(z, lam, y)`` -> ``(L_stat, dL/dz (m, k), dL/dlam (m,))``, all in ``dtype``;
+    ``y``: labels -1/+1, or for a multiclass model class indices (int64).
     ``L_stat`` includes the constant ``||W1 (I - B B^T)||^2``, so it equals the loss of the
     candidates ``x = z B^T`` in pixel space.
     """
@@ -81,6 +87,7 @@ class Stationarity:
     ) -> None:
         device = torch.device(device) if device is not None else model.layers[0].weight.device
         ws = [layer.weight.detach().to(device, dtype) for layer in model.layers]
+        self.multiclass = model.multiclass
         self.trained = [i not in model.frozen for i in range(len(ws))]
         self.const = 0.0
         if basis is not None:
@@ -145,9 +152,21 @@ class Stationarity:
         # backward: delta[l] = dPhi/dh_l, u[l] = W_{l+1}^T delta_{l+1} (as rows)
         delta: list = [None] * L
         u: list = [None] * (L - 1)
-        delta[L - 1] = torch.ones(m, 1, dtype=dt, device=z.device)
+        if self.multiclass:  # the margin's gradient: start from e_y - e_c
+            logits = self._mm(ah[L - 1], Wh[L - 1].T)
+            yl = y.long()
+            hot = torch.nn.functional.one_hot(yl, logits.shape[1]).bool()
+            other = logits.masked_fill(hot, float("-inf")).argmax(1)
+            sign = hot.to(dt)
+            sign[torch.arange(m, device=z.device), other] = -1.0
+            delta[L - 1] = sign
+            ly = lam.to(dt)[:, None]
+        else:
+            delta[L - 1] = torch.ones(m, 1, dtype=dt, device=z.device)
+            ly = (lam * y).to(dt)[:, None]
         for i in range(L - 2, -1, -1):
-            u[i] = W[i + 1].expand(m, -1) if i == L - 2 else self._mm(delta[i + 1], Wh[i + 1])
+            first = i == L - 2 and not self.multiclass
+            u[i] = W[i + 1].expand(m, -1) if first else self._mm(delta[i + 1], Wh[i + 1])
             delta[i] = u[i] * s[i]
         # residuals R_l = W_l - (1/m) sum_j lam_j y_j delta_l a_l^T (trained layers only); the
         # 1/m comes after the product, which keeps float16 inputs away from underflow
@@ -155,7 +174,6 @@ class Stationarity:
         e: list = [None] * L
         f: list = [None] * L
         bracket = torch.zeros(m, dtype=dt, device=z.device)
-        ly = (lam * y).to(dt)[:, None]
         for i in range(L):
             if not self.trained[i]:
                 continue
@@ -168,9 +186,10 @@ class Stationarity:
                 Rb = self.bias - ld.sum(0) / m
                 stat = stat + self._norm2(Rb)
                 e[i] = e[i] + Rb
-            f[i] = R.expand(m, -1) if i == L - 1 else self._mm(delta[i], Rh)
+            last = i == L - 1 and not self.multiclass
+            f[i] = R.expand(m, -1) if last else self._mm(delta[i], Rh)
             bracket = bracket + (delta[i] * e[i]).sum(1)
-        grad_lam = -2 * (y / m).to(dt) * bracket
+        grad_lam = -2 * (bracket / m if self.multiclass else (y / m).to(dt) * bracket)
         # eps[l]: adjoint of delta_l (how the loss moves with the backward pass)
         eps: list = [None] * (L - 1)
         for i in range(L - 1):

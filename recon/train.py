@@ -7,6 +7,12 @@ point of ``loss + wd/2 ||theta||^2`` the stationarity equation of the KKT condit
 exactly (Buzaglo et al., 2023), which makes a model far easier to reconstruct on a small
 budget.
 
+Three training-time defenses can be switched on, for the leakage chapter's experiments:
+``input_noise`` (fresh Gaussian noise on the training images every epoch), per-sample gradient
+clipping ``clip`` with Gaussian ``grad_noise`` (the mechanism of DP-SGD, applied to full-batch
+gradient descent; no privacy accounting is done, so it carries no formal guarantee), and
+``stop_when_fit`` (early stopping at the first epoch with zero training error).
+
 Checkpoints are plain dictionaries of tensors and numbers, written with ``torch.save`` and read
 with ``torch.load(weights_only=True)``: loading one never runs code from the file.
 """
@@ -39,12 +45,19 @@ __all__ = [
     "load_checkpoint",
     "CheckpointError",
     "logistic_loss",
+    "clipped_gradients",
     "margins",
     "check_binary_data",
+    "check_class_labels",
+    "check_data",
+    "output_margins",
+    "sample_losses",
 ]
 
 CHECKPOINT_FORMAT = "recon-mlp/1"
-_ADDED_FIELDS = {"matmul": "full"}
+# fields added after the format was fixed, with the value older checkpoints were trained with
+_ADDED_FIELDS = {"matmul": "full", "input_noise": 0.0, "clip": 0.0, "grad_noise": 0.0,
+                 "stop_when_fit": False}
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
@@ -73,9 +86,21 @@ class TrainConfig:
     # (torch.autocast; weights, loss and updates stay in dtype), or "auto": bfloat16 where the
     # hardware multiplies it fast, else full
     matmul: str = "full"
+    # defenses (all off by default): std of Gaussian noise added to the (mean-subtracted)
+    # training images, drawn afresh every epoch; per-sample gradient clipping at this norm
+    # (0: off) and Gaussian noise of std grad_noise * clip added to the clipped sum (DP-SGD's
+    # mechanism, without privacy accounting); stop at the first epoch with zero training error
+    input_noise: float = 0.0
+    clip: float = 0.0
+    grad_noise: float = 0.0
+    stop_when_fit: bool = False
 
     def __post_init__(self) -> None:
         self.widths = tuple(int(w) for w in self.widths)
+        if self.input_noise < 0 or self.clip < 0 or self.grad_noise < 0:
+            raise ValueError("input_noise, clip and grad_noise must be >= 0")
+        if self.grad_noise > 0 and self.clip == 0:
+            raise ValueError("grad_noise is relative to the clipping norm: set clip > 0 too")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
         if self.matmul not in PRECISIONS:
@@ -122,22 +147,109 @@ def check_binary_data(
         )
 
 
+def check_class_labels(
+    model: MLP, x: torch.Tensor, y: torch.Tensor, what: str = "training"
+) -> None:
+    """Raise ``ValueError`` unless ``x`` fits the multiclass model and ``y`` is a ``(n,)``
+    vector of class indices ``0 .. C-1``."""
+    model.check_input(x)
+    if y.dim() != 1 or y.shape[0] != x.shape[0]:
+        raise ValueError(
+            f"{what} labels must have shape ({x.shape[0]},) to match x; got {tuple(y.shape)}"
+        )
+    C = model.n_outputs
+    if y.is_floating_point() and not bool((y == y.round()).all()):
+        raise ValueError(f"{what} labels must be class indices 0..{C - 1}, got fractions")
+    if len(y) and (int(y.min()) < 0 or int(y.max()) >= C):
+        raise ValueError(f"{what} labels must be class indices 0..{C - 1} for a model with "
+                         f"{C} outputs; got values from {int(y.min())} to {int(y.max())}")
+
+
+def check_data(model: MLP, x: torch.Tensor, y: torch.Tensor, what: str = "training") -> None:
+    """:func:`check_binary_data` for a one-output model, :func:`check_class_labels` for a
+    multiclass one."""
+    (check_class_labels if model.multiclass else check_binary_data)(model, x, y, what)
+
+
+def output_margins(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Margins from logits: ``y_i out_i`` for one output ``(n,)``; for ``(n, C)`` logits and
+    class indices, ``out_{i, y_i} - max_{c != y_i} out_{i, c}``."""
+    if out.dim() == 1:
+        return y * out
+    y = y.long()
+    true = out.gather(1, y[:, None]).squeeze(1)
+    # the highest other class, the first of them on a tie (as the reconstruction picks it):
+    # its gradient flows to that one class
+    c = out.detach().masked_fill(F.one_hot(y, out.shape[1]).bool(), float("-inf")).argmax(1)
+    return true - out.gather(1, c[:, None]).squeeze(1)
+
+
 def margins(model: MLP, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """``y_i * Phi(theta; x_i)``: ``(n,)``. Positive means correctly classified."""
-    return y * model(x)
+    """The margin of each sample, ``(n,)``; positive means correctly classified.
+
+    Binary: ``y_i Phi(theta; x_i)``. Multiclass: ``Phi_{y_i}(x_i) - max_{c != y_i} Phi_c(x_i)``.
+    """
+    return output_margins(model(x), y)
+
+
+def sample_losses(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-sample loss from logits: ``log(1 + exp(-y out))`` for one output, cross-entropy
+    for ``C`` outputs."""
+    if out.dim() == 1:
+        return F.softplus(-y * out)
+    return F.cross_entropy(out, y.long(), reduction="none")
 
 
 def logistic_loss(model: MLP, x: torch.Tensor, y: torch.Tensor, autocast=None) -> torch.Tensor:
-    """Mean binary logistic loss ``mean log(1 + exp(-y Phi(x)))``.
+    """Mean logistic loss: binary ``mean log(1 + exp(-y Phi(x)))``, or for a multiclass model
+    the cross-entropy (the multinomial logistic loss).
 
     ``autocast``: a half dtype for the network's matrix products (``torch.autocast``); the
-    logits are brought back to ``y``'s precision before the loss.
+    logits are brought back to the working precision before the loss.
     """
     if autocast is None:
-        return F.softplus(-margins(model, x, y)).mean()
+        return sample_losses(model(x), y).mean()
     with torch.autocast(x.device.type, dtype=autocast):
         out = model(x)
-    return F.softplus(-y * out.to(y.dtype)).mean()
+    return sample_losses(out.to(x.dtype), y).mean()
+
+
+def clipped_gradients(model: MLP, x: torch.Tensor, y: torch.Tensor, clip: float,
+                      noise: float = 0.0, generator: torch.Generator | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Set ``p.grad`` of the trained parameters to the mean logistic-loss gradient with each
+    sample's gradient clipped to norm ``clip``, plus Gaussian noise of std ``noise * clip / n``
+    (DP-SGD's mechanism on the full batch). Returns ``(mean loss, per-sample gradient norms)``.
+
+    The per-sample norms need no per-sample gradients: a linear layer's gradient for sample
+    ``i`` is the outer product ``g_i a_i^T`` of the loss gradient at its output and its input
+    (plus ``g_i`` for a bias), whose squared norm is ``|g_i|^2 (|a_i|^2 + 1)``. The clipped sum
+    is then the gradient of ``sum_i c_i loss_i`` with ``c_i = min(1, clip / norm_i)``.
+    """
+    pre = model.features(x)
+    losses = sample_losses(pre[-1].squeeze(-1) if not model.multiclass else pre[-1], y)
+    grads = torch.autograd.grad(losses.sum(), pre, retain_graph=True)
+    inputs = [x.flatten(1), *(torch.relu(h) for h in pre[:-1])]
+    norm2 = torch.zeros(len(x), dtype=losses.dtype, device=x.device)
+    for i, (g, a) in enumerate(zip(grads, inputs)):
+        if i in model.frozen:
+            continue
+        bias = 1.0 if model.layers[i].bias is not None else 0.0
+        norm2 = norm2 + g.detach().pow(2).sum(1) * (a.detach().pow(2).sum(1) + bias)
+    norms = norm2.sqrt()
+    scale = (clip / norms.clamp_min(1e-30)).clamp(max=1.0)
+    (losses * scale).sum().div(len(x)).backward()
+    if noise > 0:
+        for p in model.theta():
+            p.grad.add_(torch.randn(p.shape, generator=generator, dtype=p.dtype,
+                                    device=p.device), alpha=noise * clip / len(x))
+    return losses.detach().mean(), norms
+
+
+def _epoch_generator(config: TrainConfig, epoch: int, device) -> torch.Generator:
+    """The noise of one epoch, from the seed and the epoch alone: a resumed run draws the
+    same noise as an uninterrupted one."""
+    return torch.Generator(device=device).manual_seed(config.seed * 1_000_003 + epoch + 1)
 
 
 def _log(model, x, y, x_test, y_test, history, epoch, loss, callback=None) -> None:
@@ -254,14 +366,15 @@ def train(
     normalised margin ``min_i y_i Phi(x_i) / ||theta||^L`` and ``||theta||^2``.
     """
     check_supported(model)
-    check_binary_data(model, x, y)
+    check_data(model, x, y)
     if x_test is not None:
-        check_binary_data(model, x_test, y_test, "test")
+        check_data(model, x_test, y_test, "test")
     p0 = next(model.parameters())
     dev, dt = p0.device, p0.dtype
-    x, y = x.to(dev, dt), y.to(dev, dt)
+    ydt = torch.long if model.multiclass else dt  # class indices, or -1/+1 in the net's dtype
+    x, y = x.to(dev, dt), y.to(dev, ydt)
     if x_test is not None:
-        x_test, y_test = x_test.to(dev, dt), y_test.to(dev, dt)
+        x_test, y_test = x_test.to(dev, dt), y_test.to(dev, ydt)
     # float64 training slows ~10x once activations become denormal; flushing them to zero is
     # harmless here. Note: this is a process-wide PyTorch setting and stays on afterwards.
     torch.set_flush_denormal(True)
@@ -280,12 +393,29 @@ def train(
         result.history.setdefault(k, [])
     if start is not None and result.epoch >= config.epochs:
         return result  # a finished run: nothing to train, log or save again
+    h = result.history
+    if (start is not None and config.stop_when_fit and h["train_error"]
+            and h["train_error"][-1] == 0 and h["epoch"][-1] == result.epoch):
+        return result  # it stopped early, at zero training error
+    noisy = config.input_noise > 0 or config.grad_noise > 0
     t0 = time.perf_counter() - result.wall_time
 
     bar = tqdm(range(result.epoch, config.epochs), desc="train", disable=not progress,
                initial=result.epoch, total=config.epochs)
     for epoch in bar:
-        loss = logistic_loss(model, x, y, half)
+        if config.stop_when_fit:
+            with torch.no_grad():
+                if bool((margins(model, x, y) > 0).all()):
+                    break  # the first epoch with zero training error: stop here
+        gen = _epoch_generator(config, epoch, dev) if noisy else None
+        xb = x
+        if config.input_noise > 0:
+            xb = x + config.input_noise * torch.randn(x.shape, generator=gen, dtype=dt,
+                                                      device=dev)
+        if config.clip > 0:  # per-sample clipping: full precision, gradients set here
+            loss, _ = clipped_gradients(model, xb, y, config.clip, config.grad_noise, gen)
+        else:
+            loss = logistic_loss(model, xb, y, half)
         if epoch % config.log_every == 0:
             _log(model, x, y, x_test, y_test, result.history, epoch, loss.item(), callback)
             bar.set_postfix(loss=f"{loss.item():.3g}", err=result.history["train_error"][-1])
@@ -293,7 +423,8 @@ def train(
             raise FloatingPointError(
                 f"training diverged at epoch {epoch} (loss {loss.item()}); lower the lr"
             )
-        loss.backward()
+        if config.clip == 0:
+            loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
         result.epoch = epoch + 1
@@ -339,6 +470,7 @@ def train_task(
                      optimizer_state=raw.get("optimizer"), **kw)
     torch.manual_seed(config.seed)
     model = MLP(task.image_shape, config.widths, init_scale=config.init_scale,
-                deep_init_scale=config.deep_init_scale).to(device or "cpu", dtype)
+                deep_init_scale=config.deep_init_scale,
+                n_outputs=getattr(task, "n_outputs", 1)).to(device or "cpu", dtype)
     return train(model, task.x_train, task.y_train, config, x_test=task.x_test,
                  y_test=task.y_test, checkpoint=checkpoint, **kw)

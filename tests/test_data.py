@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from recon import data
-from recon.data import DataUnavailableError, binary_labels, load_raw, load_task
+from recon.data import DataUnavailableError, binary_labels, flip_labels, load_raw, load_task
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 MNIST_FIRST_TRAIN = [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]
@@ -305,3 +305,17 @@ def test_source_kind_names_no_machine_path(data_dir):
     task = load_task("mnist", 2, 2)
     assert task.source.startswith("npz:/") and task.source.endswith("/mnist.npz")
     assert task.source_kind == "npz:mnist.npz"
+
+
+def test_flip_labels_flips_a_fixed_share_and_nothing_else(tasks):
+    task = tasks["mnist"]
+    noisy = flip_labels(task, 0.1, seed=3)
+    flipped = noisy.y_train != task.y_train
+    assert int(flipped.sum()) == round(0.1 * task.n)
+    assert torch.equal(noisy.y_train[flipped], -task.y_train[flipped])
+    assert torch.equal(noisy.x_train, task.x_train) and torch.equal(noisy.y_test, task.y_test)
+    assert torch.equal(flip_labels(task, 0.1, seed=3).y_train, noisy.y_train)  # seeded
+    assert not torch.equal(flip_labels(task, 0.1, seed=4).y_train, noisy.y_train)
+    assert flip_labels(task, 0.0) is task
+    with pytest.raises(ValueError, match="fraction"):
+        flip_labels(task, 1.5)

@@ -82,7 +82,7 @@ def test_arch_rebuilds_same_module():
     model = MLP((1, 5, 5), widths=(11, 3), first_bias=True).double()
     arch = model.arch()
     assert arch == {"input_shape": [1, 5, 5], "widths": [11, 3], "first_bias": True,
-                    "frozen": []}
+                    "frozen": [], "n_outputs": 1}
     clone = MLP(arch["input_shape"], arch["widths"], init_scale=None,
                 first_bias=arch["first_bias"]).double()
     clone.load_state_dict(model.state_dict())  # strict: same parameter names and shapes
@@ -225,18 +225,25 @@ def test_from_sequential_without_flatten_and_without_bias():
     assert torch.allclose(model(x), seq(x).squeeze(-1))
 
 
+def test_from_sequential_with_several_outputs_is_a_multiclass_mlp():
+    seq = _sequential(n_out=3)
+    model = MLP.from_sequential(seq, (3, 2, 2))
+    assert model.n_outputs == 3 and model.multiclass
+    x = torch.randn(5, 3, 2, 2)
+    assert torch.allclose(model(x), seq(x))
+
+
 @pytest.mark.parametrize(
     ("seq", "words"),
     [
         (_sequential(hidden_bias=True), ["bias", "homogeneous"]),
-        (_sequential(n_out=2), ["2 outputs", "one logit"]),
         (_sequential(act=nn.Tanh), ["Tanh", "ReLU"]),
         (nn.Sequential(nn.Conv2d(3, 2, 2), nn.ReLU(), nn.Flatten(), nn.Linear(2, 1, bias=False)),
          ["Conv2d", "Linear"]),
         # ends in an activation
         (nn.Sequential(nn.Linear(12, 4), nn.ReLU()), ["expected", "got Linear, ReLU"]),
     ],
-    ids=["hidden-bias", "two-outputs", "tanh", "conv", "trailing-relu"],
+    ids=["hidden-bias", "tanh", "conv", "trailing-relu"],
 )
 def test_from_sequential_rejects_unsupported(seq, words):
     with pytest.raises(UnsupportedModelError) as info:
@@ -271,7 +278,7 @@ def test_check_supported_rejects_modified_mlp():
         check_supported(model)
     model = MLP((3,), widths=(4, 4))
     model.layers[2] = nn.Linear(4, 3, bias=False)
-    with pytest.raises(UnsupportedModelError, match="one output"):
+    with pytest.raises(UnsupportedModelError, match="declares n_outputs = 1"):
         check_supported(model)
 
 

@@ -14,6 +14,7 @@ from recon.train import (
     TrainConfig,
     TrainResult,
     check_binary_data,
+    clipped_gradients,
     load_checkpoint,
     logistic_loss,
     margins,
@@ -399,3 +400,86 @@ def test_train_config_matmul_validation_and_old_checkpoints(tmp_path):
     with pytest.raises(CheckpointError, match="different config"):
         train_task(task, _config(epochs=60, matmul="bfloat16"), checkpoint=path,
                    progress=False)
+
+
+# --------------------------------------------------------------------------- defenses
+
+
+def _per_sample_grads(model, x, y):
+    """Reference: each sample's logistic-loss gradient by its own backward pass."""
+    out = []
+    for i in range(len(x)):
+        model.zero_grad()
+        logistic_loss(model, x[i:i + 1], y[i:i + 1]).backward()
+        out.append(torch.cat([p.grad.flatten().clone() for p in model.theta()]))
+    model.zero_grad()
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("widths", [(8,), (8, 6), (5, 4, 3)])
+def test_clipped_gradients_equal_explicit_per_sample_clipping(widths):
+    x, y = _blobs(12, seed=3)
+    torch.manual_seed(1)
+    model = MLP((1, 2, 2), widths, init_scale=0.5).double()
+    ref = _per_sample_grads(model, x, y)
+    norms_ref = ref.norm(dim=1)
+    clip = float(norms_ref.median())  # about half the samples are clipped
+    loss, norms = clipped_gradients(model, x, y, clip)
+    assert torch.allclose(norms, norms_ref, rtol=1e-10)
+    got = torch.cat([p.grad.flatten() for p in model.theta()])
+    want = (ref * (clip / norms_ref).clamp(max=1).unsqueeze(1)).mean(0)
+    assert torch.allclose(got, want, rtol=1e-10, atol=1e-14)
+    assert loss == pytest.approx(float(logistic_loss(model, x, y).detach()))
+    # a bound above every norm clips nothing: the ordinary gradient
+    model.zero_grad()
+    clipped_gradients(model, x, y, float(norms_ref.max()) * 2)
+    assert torch.allclose(torch.cat([p.grad.flatten() for p in model.theta()]), ref.mean(0),
+                          rtol=1e-10, atol=1e-14)
+
+
+def test_gradient_noise_has_the_stated_scale():
+    x, y = _blobs(16)
+    torch.manual_seed(0)
+    model = MLP((1, 2, 2), (64, 64), init_scale=0.5).double()
+    clipped_gradients(model, x, y, 0.5)
+    clean = torch.cat([p.grad.flatten().clone() for p in model.theta()])
+    model.zero_grad()
+    clipped_gradients(model, x, y, 0.5, noise=2.0, generator=torch.Generator().manual_seed(0))
+    noisy = torch.cat([p.grad.flatten() for p in model.theta()])
+    # std noise * clip / n = 2 * 0.5 / 16, over ~4,500 parameters
+    assert float((noisy - clean).std()) == pytest.approx(2.0 * 0.5 / 16, rel=0.05)
+
+
+def test_dp_style_training_resumes_exactly_and_input_noise_changes_the_run(tmp_path):
+    task = _task()
+    cfg = dict(clip=0.5, grad_noise=0.3, input_noise=0.1)
+    straight = train_task(task, _config(epochs=120, **cfg), progress=False)
+    path = tmp_path / "dp.pt"
+    train_task(task, _config(epochs=60, **cfg), checkpoint=path, progress=False)
+    resumed = train_task(task, _config(epochs=120, **cfg), checkpoint=path, progress=False)
+    for a, b in zip(resumed.model.parameters(), straight.model.parameters()):
+        assert torch.equal(a, b)  # the noise depends on the seed and the epoch only
+    plain = train_task(task, _config(epochs=120), progress=False)
+    assert not torch.allclose(plain.model(task.x_test), straight.model(task.x_test))
+
+
+def test_stop_when_fit_stops_at_the_first_epoch_with_zero_training_error(tmp_path):
+    task = _task()
+    full = train_task(task, _config(epochs=300, log_every=1), progress=False)
+    first_fit = next(e for e, err in zip(full.history["epoch"], full.history["train_error"])
+                     if err == 0)
+    path = tmp_path / "early.pt"
+    early = train_task(task, _config(epochs=300, log_every=1, stop_when_fit=True),
+                       checkpoint=path, progress=False)
+    assert early.epoch == first_fit > 0
+    assert early.history["train_error"][-1] == 0 and early.history["train_error"][-2] > 0
+    again = train_task(task, _config(epochs=300, log_every=1, stop_when_fit=True),
+                       checkpoint=path, progress=False)  # a stopped run is finished
+    assert again.epoch == first_fit
+
+
+def test_defense_config_validation():
+    with pytest.raises(ValueError, match="set clip > 0"):
+        TrainConfig(grad_noise=1.0)
+    with pytest.raises(ValueError, match=">= 0"):
+        TrainConfig(input_noise=-0.1)
