@@ -4,6 +4,7 @@ then all of them again with the cache warm ("cached").
 
     python benchmarks/chapter_times.py --profile quick    # about 10 minutes on 2 cores
     python benchmarks/chapter_times.py --profile full     # about an hour on 2 cores
+    python benchmarks/chapter_times.py --chapters 07_leakage   # one chapter, others kept
 
 writes ``results/benchmarks/chapter_times-<profile>.json``, which each chapter's runtime line
 reads (``recon.notebook.glue_runtime``). Run it on an idle machine: the times are wall times.
@@ -59,7 +60,9 @@ def main(argv=None) -> int:
                 s = run_chapter(c, args.timeout)
                 rows[c.stem][phase] = round(s, 1)
                 print(f"{args.profile} {phase:12s} {c.stem:20s} {s:8.1f} s", flush=True)
-    result = {"profile": args.profile, "chapters": rows,
+    if args.chapters and out.is_file():  # a subset: keep the other chapters' timings
+        rows = {**json.loads(out.read_text())["chapters"], **rows}
+    result = {"profile": args.profile, "chapters": dict(sorted(rows.items())),
               "threads": int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)),
               "provenance": provenance("cpu")}
     out.parent.mkdir(parents=True, exist_ok=True)

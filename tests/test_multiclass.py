@@ -3,6 +3,8 @@ training, the multiclass stationarity equation, its KKT diagnostic and the recon
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -199,3 +201,22 @@ def test_random_starts_recover_real_ten_class_digits(ten_class_mnist):
     print(f"ten-class MNIST, n = 30: {found} training digits at NCC > 0.9, {control} test")
     assert found >= 5 and found >= control + 5, (found, control)
     assert first_layer_basis(res.model, cfg.subspace_tol).shape[1] <= 400
+
+
+def test_the_command_line_takes_the_ten_class_task(tmp_path, data_dir, monkeypatch, capsys):
+    from recon.cli import main
+
+    monkeypatch.setenv("RECON_DATA_DIR", str(data_dir))
+    run = tmp_path / "run"
+    assert main(["train", "--task", "mnist-multiclass", "--n-per-class", "2",
+                 "--n-test-per-class", "10", "--epochs", "100", "--lr", "0.1",
+                 "--weight-decay", "0.02", "--dtype", "float32", "--widths", "32,32",
+                 "--run", str(run), "--quiet"]) == 0
+    assert main(["reconstruct", "--run", str(run), "--steps", "20", "--quiet"]) == 0
+    assert main(["evaluate", "--run", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "trained mnist-multiclass n=20" in out and "one_to_one" in out
+    card = json.loads((run / "run.json").read_text())
+    assert card["task"]["name"] == "mnist-multiclass"
+    rec = torch.load(run / "reconstruction.pt", weights_only=True)
+    assert rec["y"].dtype == torch.int64 and torch.bincount(rec["y"]).tolist() == [4] * 10
