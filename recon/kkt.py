@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from scipy.optimize import nnls
 
-from .models import MLP, check_supported
+from .models import MLP, check_supported, margin_signs
 from .train import check_data, output_margins
 
 __all__ = ["KKTDiagnostic", "kkt_diagnostic", "gradient_gram", "stationarity_residual"]
@@ -104,12 +104,7 @@ def gradient_gram(
         h = inputs[-1] @ w.T
         pre.append(h)
     if model.multiclass:  # start from e_y - e_c, c the highest other class
-        yl = y.long()
-        other = h.masked_fill(torch.nn.functional.one_hot(yl, h.shape[1]).bool(),
-                              float("-inf")).argmax(1)
-        delta = torch.zeros_like(h)
-        delta[torch.arange(len(h)), yl] = 1.0
-        delta[torch.arange(len(h)), other] = -1.0
+        delta = margin_signs(h, y)
         out = h
     else:
         out = h.squeeze(1)

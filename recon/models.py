@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["MLP", "relu_soft_backward", "check_supported", "UnsupportedModelError"]
+__all__ = ["MLP", "relu_soft_backward", "check_supported", "margin_signs",
+           "UnsupportedModelError"]
 
 
 class UnsupportedModelError(TypeError):
@@ -246,6 +247,17 @@ class MLP(nn.Module):
             {f"layers.{i}.{k}": v for i, m in enumerate(linears) for k, v in m.state_dict().items()}
         )
         return model
+
+
+def margin_signs(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``(m, C)`` rows ``e_{y_j} - e_{c_j}``, ``c_j`` the highest class other than ``y_j`` (the
+    first of them on a tie): the margin ``Phi_{y_j} - max_{c != y_j} Phi_c`` of a multiclass
+    network is ``rows . Phi``, and its gradient starts its backward pass from them."""
+    hot = F.one_hot(y.long(), logits.shape[1]).bool()
+    other = logits.detach().masked_fill(hot, float("-inf")).argmax(1)
+    sign = hot.to(logits.dtype)
+    sign[torch.arange(len(sign), device=sign.device), other] = -1.0
+    return sign
 
 
 def check_supported(model: nn.Module) -> MLP:

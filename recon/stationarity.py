@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import torch
 
-from .models import MLP
+from .models import MLP, margin_signs
 
 __all__ = ["Stationarity"]
 
@@ -153,13 +153,7 @@ class Stationarity:
         delta: list = [None] * L
         u: list = [None] * (L - 1)
         if self.multiclass:  # the margin's gradient: start from e_y - e_c
-            logits = self._mm(ah[L - 1], Wh[L - 1].T)
-            yl = y.long()
-            hot = torch.nn.functional.one_hot(yl, logits.shape[1]).bool()
-            other = logits.masked_fill(hot, float("-inf")).argmax(1)
-            sign = hot.to(dt)
-            sign[torch.arange(m, device=z.device), other] = -1.0
-            delta[L - 1] = sign
+            delta[L - 1] = margin_signs(self._mm(ah[L - 1], Wh[L - 1].T), y)
             ly = lam.to(dt)[:, None]
         else:
             delta[L - 1] = torch.ones(m, 1, dtype=dt, device=z.device)

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from .files import atomic_save
 from .hardware import HALF, PRECISIONS, keep_freed_memory, resolve_precision
-from .models import MLP, check_supported
+from .models import MLP, check_supported, margin_signs
 from .provenance import provenance
 from .resume import same_but_length
 
@@ -176,12 +176,9 @@ def output_margins(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     class indices, ``out_{i, y_i} - max_{c != y_i} out_{i, c}``."""
     if out.dim() == 1:
         return y * out
-    y = y.long()
-    true = out.gather(1, y[:, None]).squeeze(1)
-    # the highest other class, the first of them on a tie (as the reconstruction picks it):
-    # its gradient flows to that one class
-    c = out.detach().masked_fill(F.one_hot(y, out.shape[1]).bool(), float("-inf")).argmax(1)
-    return true - out.gather(1, c[:, None]).squeeze(1)
+    # (e_y - e_c) . out: the gradient flows to the true class and the one highest other
+    # class, as in the KKT diagnostic and the reconstruction
+    return (margin_signs(out, y) * out).sum(1)
 
 
 def margins(model: MLP, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
