@@ -52,6 +52,7 @@ class KKTDiagnostic:
     relative_residual: float
     unexplained: float
     theta_norm2: float
+    lam_pairs: torch.Tensor | None = None  # (n, C - 1) with all_classes=True
 
     @property
     def support(self) -> torch.Tensor:
@@ -76,7 +77,8 @@ def _gate(h: torch.Tensor, alpha: float | None) -> torch.Tensor:
 
 @torch.no_grad()
 def gradient_gram(
-    model: MLP, x: torch.Tensor, y: torch.Tensor, alpha: float | None = None
+    model: MLP, x: torch.Tensor, y: torch.Tensor, alpha: float | None = None,
+    all_classes: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gram matrix of the label-signed per-sample parameter gradients, without forming them.
 
@@ -88,11 +90,21 @@ def gradient_gram(
     Multiclass (``C`` outputs, ``y`` class indices): ``g_i`` is the gradient of the margin
     ``Phi_{y_i}(x_i) - Phi_{c_i}(x_i)``, ``c_i`` the highest other class (Buzaglo et al.,
     2023); the backward pass starts from the signed one-hot ``e_{y_i} - e_{c_i}`` instead of
-    1, and ``out`` is the ``(n, C)`` logits.
+    1, and ``out`` is the ``(n, C)`` logits. ``all_classes=True``: one row per sample and
+    wrong class, ``g_{ic}`` the gradient of ``Phi_{y_i} - Phi_c`` for every ``c != y_i``
+    (``n (C - 1)`` rows, sample-major): the exact stationarity condition of cross-entropy with
+    weight decay has a multiplier for each of them.
     """
     model = check_supported(model)
     xf = model.check_input(x).double()
     y = y.double() if not model.multiclass else y
+    rows = None
+    if model.multiclass and all_classes:
+        n, C = len(xf), model.n_outputs
+        cls = torch.arange(C, device=xf.device).expand(n, C)
+        wrong = cls[cls != y.long()[:, None]]  # (n (C - 1),) each sample's wrong classes
+        rows = torch.arange(n, device=xf.device).repeat_interleave(C - 1)
+        xf = xf[rows]
     weights = [layer.weight.double() for layer in model.layers]
     bias = model.layers[0].bias
     # forward: inputs of each layer a_{l-1} and pre-activations h_l
@@ -103,7 +115,13 @@ def gradient_gram(
         inputs.append(torch.relu(h))
         h = inputs[-1] @ w.T
         pre.append(h)
-    if model.multiclass:  # start from e_y - e_c, c the highest other class
+    if rows is not None:  # start from e_y - e_c for every wrong class c
+        delta = torch.zeros_like(h)
+        idx = torch.arange(len(h), device=h.device)
+        delta[idx, y.long()[rows]] = 1.0
+        delta[idx, wrong] = -1.0
+        out = h[:: model.n_outputs - 1]
+    elif model.multiclass:  # start from e_y - e_c, c the highest other class
         delta = margin_signs(h, y)
         out = h
     else:
@@ -135,16 +153,23 @@ def _residual2(theta2: float, K: torch.Tensor, b: torch.Tensor, lam: torch.Tenso
 
 
 def kkt_diagnostic(
-    model: MLP, x: torch.Tensor, y: torch.Tensor, alpha: float | None = None
+    model: MLP, x: torch.Tensor, y: torch.Tensor, alpha: float | None = None,
+    all_classes: bool = False,
 ) -> KKTDiagnostic:
     """Best multipliers ``lam >= 0`` for the stationarity equation at the given samples.
 
     Solves ``min_{lam >= 0} ||theta - sum_i lam_i y_i grad Phi_i||^2`` exactly (NNLS on the
-    factorised Gram matrix). x: ``(n, *input_shape)``; y: ``(n,)`` in {-1, +1}.
+    factorised Gram matrix). x: ``(n, *input_shape)``; y: ``(n,)`` in {-1, +1}, or class
+    indices for a multiclass model (the margin against the highest other class). With
+    ``all_classes=True`` (multiclass only) every wrong class of every sample gets its own
+    multiplier (``lam_pairs`` ``(n, C - 1)``; ``lam`` is their sum per sample): the form in
+    which cross-entropy with weight decay satisfies the equation exactly.
     """
     model = check_supported(model)
     check_data(model, x, y)
-    K, b, out = gradient_gram(model, x, y, alpha)
+    if all_classes and not model.multiclass:
+        raise ValueError("all_classes needs a multiclass model (n_outputs > 1)")
+    K, b, out = gradient_gram(model, x, y, alpha, all_classes)
     theta2 = model.theta_norm2()
     # ||theta - G^T lam||^2 = theta2 - 2 b.lam + lam^T K lam. Write K = A^T A (A = S^1/2 U^T)
     # and b = A^T t, so the problem is the standard NNLS  min ||A lam - t||.
@@ -155,6 +180,10 @@ def kkt_diagnostic(
     lam_np, _ = nnls(A.numpy(), t.numpy(), maxiter=50 * len(b))
     lam = torch.from_numpy(np.asarray(lam_np, dtype=np.float64))
     res2 = _residual2(theta2, K.cpu(), b.cpu(), lam)
+    pairs = None
+    if all_classes:
+        pairs = lam.view(len(x), model.n_outputs - 1)
+        lam = pairs.sum(1)
     margin = output_margins(out.cpu(), y.double().cpu() if not model.multiclass else y.cpu())
     return KKTDiagnostic(
         lam=lam,
@@ -163,6 +192,7 @@ def kkt_diagnostic(
         relative_residual=(res2 / theta2) ** 0.5,
         unexplained=res2 / theta2,
         theta_norm2=theta2,
+        lam_pairs=pairs,
     )
 
 

@@ -73,6 +73,32 @@ def test_gram_matrix_equals_explicit_margin_gradients():
     assert out.shape == (7, C)
 
 
+def test_all_classes_gram_matrix_equals_explicit_pair_gradients():
+    model = _model(widths=(6, 5))
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(5, 12, generator=g, dtype=F64)
+    y = torch.randint(0, C, (5,), generator=g)
+    grads = []
+    for i in range(5):
+        for c in range(C):
+            if c == int(y[i]):
+                continue
+            model.zero_grad()
+            logits = model(x[i:i + 1])[0]
+            (logits[int(y[i])] - logits[c]).backward()
+            grads.append(torch.cat([p.grad.flatten().clone() for p in model.theta()]))
+    G = torch.stack(grads)
+    K, b, out = gradient_gram(model, x, y, all_classes=True)
+    theta = torch.cat([p.detach().flatten() for p in model.theta()])
+    torch.testing.assert_close(K, G @ G.T, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(b, G @ theta, rtol=1e-10, atol=1e-12)
+    with torch.no_grad():
+        torch.testing.assert_close(out, model(x))
+    with pytest.raises(ValueError, match="multiclass model"):
+        kkt_diagnostic(MLP((12,), (5,)).double(), x, torch.ones(5, dtype=F64),
+                       all_classes=True)
+
+
 def test_a_hand_built_kkt_point_has_zero_residual_and_its_multipliers():
     """A random-features net (frozen first layer) with two outputs, so that each sample's
     other class is fixed: theta is the output layer W, and the margin gradient of sample i
@@ -163,6 +189,11 @@ def test_multiclass_task_and_training(ten_class_mnist):
     control = kkt_diagnostic(model, task.x_test[:task.n].double(), task.y_test[:task.n])
     res.model.float()
     assert (d.lam >= 0).all() and d.unexplained < control.unexplained - 0.3
+    # with a multiplier for every wrong class the equation explains far more: at a stationary
+    # point of cross-entropy + (wd/2)||theta||^2 it holds exactly, lam_ic = p_ic / (n wd)
+    pairs = kkt_diagnostic(model, task.x_train.double(), task.y_train, all_classes=True)
+    assert pairs.lam_pairs.shape == (task.n, 9)
+    assert pairs.unexplained < d.unexplained / 2
 
 
 def test_positive_control_stays_at_an_exact_kkt_point():
