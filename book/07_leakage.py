@@ -340,7 +340,7 @@ reproduce_rows = [leakage_row(c) for c in load_cards()]
 fig, ax = plt.subplots(figsize=(7, 4.2))
 markers = {"training-set size": "o", "width": "s", "depth": "D", "weight decay": "v",
            "training length": "^", "first-layer init": "P", "defenses": "X",
-           "ten classes": "h"}
+           "ten classes": "h", "ten classes, every wrong class": "H"}
 for r in rows:
     ax.scatter(r["p/(dn)"], r["recovered"], color=COLOR[r["task"]],
                marker=markers.get(r["axes"][0], "o"), s=36, alpha=0.8)

@@ -117,7 +117,8 @@ def cmd_reconstruct(args) -> None:
         "lr_lambda": args.lr_lambda, "init_scale": args.init_scale,
         "lambda_min": args.lambda_min, "alpha": args.alpha, "optimizer": args.optimizer,
         "box": args.box, "seed": args.seed, "dtype": args.dtype, "tv": args.tv,
-        "subspace_tol": args.subspace_tol, "matmul": args.matmul}.items()
+        "subspace_tol": args.subspace_tol, "matmul": args.matmul,
+        "all_classes": args.all_classes or None}.items()
         if v is not None}
     config = ReconConfig(**{**base.to_dict(), **overrides})
     steps = config.steps
@@ -363,6 +364,10 @@ def build_parser() -> argparse.ArgumentParser:
         "subspace_tol", "keep candidates in the first layer's row space (singular values "
         "above this times the largest; 0: off, needed for a frozen first layer)"))
     r.add_argument("--matmul", choices=PRECISIONS, help=MATMUL_HELP)
+    r.add_argument("--all-classes", action="store_true",
+                   help="ten-class models: a multiplier for every wrong class of a candidate "
+                        "(the exact equation under cross-entropy with weight decay) instead "
+                        "of one against its highest wrong class")
     r.add_argument("--checkpoint-every", type=int, default=500,
                    help="steps between checkpoints (a rerun resumes from the last)")
     r.set_defaults(func=cmd_reconstruct)

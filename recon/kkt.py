@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from scipy.optimize import nnls
 
-from .models import MLP, check_supported, margin_signs
+from .models import MLP, check_supported, margin_signs, wrong_classes
 from .train import check_data, output_margins
 
 __all__ = ["KKTDiagnostic", "kkt_diagnostic", "gradient_gram", "stationarity_residual"]
@@ -101,8 +101,7 @@ def gradient_gram(
     rows = None
     if model.multiclass and all_classes:
         n, C = len(xf), model.n_outputs
-        cls = torch.arange(C, device=xf.device).expand(n, C)
-        wrong = cls[cls != y.long()[:, None]]  # (n (C - 1),) each sample's wrong classes
+        wrong = wrong_classes(y, C).flatten()  # (n (C - 1),) each sample's wrong classes
         rows = torch.arange(n, device=xf.device).repeat_interleave(C - 1)
         xf = xf[rows]
     weights = [layer.weight.double() for layer in model.layers]

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["MLP", "relu_soft_backward", "check_supported", "margin_signs",
+__all__ = ["MLP", "relu_soft_backward", "check_supported", "margin_signs", "wrong_classes",
            "UnsupportedModelError"]
 
 
@@ -258,6 +258,12 @@ def margin_signs(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     sign = hot.to(logits.dtype)
     sign[torch.arange(len(sign), device=sign.device), other] = -1.0
     return sign
+
+
+def wrong_classes(y: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """``(m, C - 1)``: each sample's classes other than ``y``, in increasing order."""
+    cls = torch.arange(n_classes, device=y.device).expand(len(y), n_classes)
+    return cls[cls != y.long()[:, None]].view(len(y), n_classes - 1)
 
 
 def check_supported(model: nn.Module) -> MLP:

@@ -48,7 +48,7 @@ from tqdm.auto import tqdm
 
 from .files import atomic_save
 from .hardware import HALF, PRECISIONS, keep_freed_memory, resolve_precision
-from .models import MLP, check_supported
+from .models import MLP, check_supported, wrong_classes
 from .provenance import provenance
 from .resume import same_but_length
 from .stationarity import Stationarity
@@ -72,7 +72,7 @@ __all__ = [
 RECON_FORMAT = "recon-reconstruction/1"
 # fields added after the format was fixed, with the value that files without them were run
 # with (public: the sweep uses it to join studies started before a field existed)
-ADDED_FIELDS = {"tv": 0.0, "subspace_tol": 0.0, "matmul": "full"}
+ADDED_FIELDS = {"tv": 0.0, "subspace_tol": 0.0, "matmul": "full", "all_classes": False}
 # a run whose stationarity residual ends above this many times ||theta||^2 exploded (a random
 # start is at about 1; working runs end near 0.01)
 EXPLODED_STAT_REL = 10.0
@@ -117,6 +117,10 @@ class ReconConfig:
     # float32 runs where the hardware multiplies it fast (AMX / AVX-512 BF16 CPUs, Ampere and
     # newer GPUs), else full
     matmul: str = "auto"
+    # multiclass models only: a multiplier for every (candidate, wrong class) pair, the exact
+    # stationarity form of cross-entropy with weight decay; False: one per candidate, against
+    # its highest wrong class (Buzaglo et al., 2023)
+    all_classes: bool = False
 
     def __post_init__(self) -> None:
         if self.n_candidates < 2:
@@ -209,8 +213,13 @@ def stationarity_loss(
     ``Phi_{y_j}(x_j) - max_{c != y_j} Phi_c(x_j)`` (Buzaglo et al., 2023).
     """
     params = model.theta()
-    out = output_margins(model(x, alpha=alpha), y)
-    grads = torch.autograd.grad((out * lam).sum() / len(x), params, create_graph=True)
+    out = model(x, alpha=alpha)
+    if lam.dim() == 2:  # a multiplier per wrong class: sum_c lam_jc (Phi_y - Phi_c)
+        wrong = wrong_classes(y, out.shape[1])
+        terms = (out.gather(1, y.long()[:, None]) - out.gather(1, wrong)) * lam
+    else:
+        terms = output_margins(out, y) * lam
+    grads = torch.autograd.grad(terms.sum() / len(x), params, create_graph=True)
     return sum((p.detach() - g).pow(2).sum() for p, g in zip(params, grads))
 
 
@@ -363,6 +372,9 @@ def load_reconstruction(path: str | os.PathLike) -> tuple[ReconResult, dict]:
 def _start(config: ReconConfig, shape, dtype, x_init, lam_init, y, n_classes: int = 1):
     """The starting candidates (CPU), multipliers and labels, validated."""
     m = config.n_candidates
+    if config.all_classes and n_classes < 2:
+        raise ValueError("all_classes needs a multiclass model (n_outputs > 1)")
+    lam_shape = (m, n_classes - 1) if config.all_classes else (m,)
     gen = torch.Generator().manual_seed(config.seed)
     if x_init is None:
         x0 = torch.randn(shape, generator=gen, dtype=dtype) * config.init_scale
@@ -371,10 +383,13 @@ def _start(config: ReconConfig, shape, dtype, x_init, lam_init, y, n_classes: in
             raise ValueError(f"x_init must have shape {shape} (n_candidates={m}), got "
                              f"{tuple(x_init.shape)}")
         x0 = x_init.detach().to(dtype).cpu().clone()
-    lam0 = torch.rand(m, generator=gen, dtype=dtype) if lam_init is None else lam_init.detach()
+    lam0 = (torch.rand(m, generator=gen, dtype=dtype) if lam_init is None
+            else lam_init.detach())
+    if config.all_classes and lam_init is None:  # the same total, spread over the classes
+        lam0 = lam0[:, None] * torch.full(lam_shape, 1.0 / (n_classes - 1), dtype=dtype)
     y = balanced_labels(m, dtype, n_classes=n_classes) if y is None else y.detach()
-    if tuple(lam0.shape) != (m,) or tuple(y.shape) != (m,):
-        raise ValueError(f"lam_init and y must have shape ({m},)")
+    if tuple(lam0.shape) != lam_shape or tuple(y.shape) != (m,):
+        raise ValueError(f"lam_init must have shape {lam_shape} and y ({m},)")
     if n_classes > 1:
         if m < n_classes:
             raise ValueError(f"n_candidates = {m} is fewer than the model's {n_classes} "
@@ -503,9 +518,11 @@ class _Run:
             prior = torch.dot(out.view(-1), out.view(-1))
             g_pix = 2 * out  # gradient of the box prior
             stat, g_z, g_lam = self.stat_fn(self.z, self.lam, self.y)
-            short = torch.relu(config.lambda_min - self.lam)
+            # the floor applies to each candidate's total multiplier
+            total = self.lam.sum(1) if self.lam.dim() == 2 else self.lam
+            short = torch.relu(config.lambda_min - total)
             lam_pen = 5 * short.pow(2).sum()
-            g_lam = g_lam - 10 * short
+            g_lam = g_lam - 10 * (short[:, None] if self.lam.dim() == 2 else short)
         if config.tv > 0:
             xt = x.detach().view(shape).requires_grad_(True)
             tv = config.tv * self.theta2 * total_variation(xt).mean()

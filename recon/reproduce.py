@@ -187,6 +187,7 @@ def reproduce(
     matmul: str | None = None,
     train_overrides: dict | None = None,
     label_noise: float = 0.0,
+    all_classes: bool | None = None,
     device: str | None = None,
     progress: bool = True,
     max_pairs: int = 40,
@@ -197,7 +198,8 @@ def reproduce(
     Overrides change the profile's settings (and so the directory name when ``out`` is None):
     ``train_overrides`` sets any :class:`recon.train.TrainConfig` field (widths, init scale,
     the defenses), ``label_noise`` flips that fraction of the training labels
-    (:func:`recon.data.flip_labels`).
+    (:func:`recon.data.flip_labels`), ``all_classes`` reconstructs a ten-class model from the
+    equation with a multiplier per wrong class (:class:`recon.reconstruct.ReconConfig`).
     """
     from .data import flip_labels, load_task
     from .evaluate import evaluate
@@ -226,6 +228,7 @@ def reproduce(
     rcfg = ReconConfig(**{**s["recon"].to_dict(), "n_candidates": 2 * data.n,
                           **({"steps": steps} if steps else {}),
                           **({"tv": tv} if tv is not None else {}),
+                          **({"all_classes": all_classes} if all_classes is not None else {}),
                           **({"matmul": matmul} if matmul is not None else {})})
     dev = device or default_device()
     out = Path(out) if out is not None else default_out(task, profile, data.n)

@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import torch
 
-from .models import MLP, margin_signs
+from .models import MLP, margin_signs, wrong_classes
 
 __all__ = ["Stationarity"]
 
@@ -70,7 +70,9 @@ class Stationarity:
             ``dtype``, where the residuals ``W_l - G_l``, the sums and the gradients are formed.
 
     Call ``stat(z, lam, y)`` -> ``(L_stat, dL/dz (m, k), dL/dlam (m,))``, all in ``dtype``;
-    ``y``: labels -1/+1, or for a multiclass model class indices (int64).
+    ``y``: labels -1/+1, or for a multiclass model class indices (int64). A multiclass
+    ``lam`` of shape ``(m, C - 1)`` gives every wrong class its own multiplier (the exact
+    stationarity form of cross-entropy with weight decay); ``dL/dlam`` has its shape.
     ``L_stat`` includes the constant ``||W1 (I - B B^T)||^2``, so it equals the loss of the
     candidates ``x = z B^T`` in pixel space.
     """
@@ -152,7 +154,16 @@ class Stationarity:
         # backward: delta[l] = dPhi/dh_l, u[l] = W_{l+1}^T delta_{l+1} (as rows)
         delta: list = [None] * L
         u: list = [None] * (L - 1)
-        if self.multiclass:  # the margin's gradient: start from e_y - e_c
+        pairs = self.multiclass and lam.dim() == 2
+        if pairs:  # a multiplier per wrong class: start from sum_c lam_jc (e_y - e_c)
+            C = W[L - 1].shape[0]
+            wrong = wrong_classes(y, C)
+            start = torch.zeros(m, C, dtype=dt, device=z.device)
+            start.scatter_(1, wrong, -lam.to(dt))
+            start[torch.arange(m, device=z.device), y.long()] = lam.to(dt).sum(1)
+            delta[L - 1] = start
+            ly = torch.ones(m, 1, dtype=dt, device=z.device)
+        elif self.multiclass:  # the margin's gradient: start from e_y - e_c
             delta[L - 1] = margin_signs(self._mm(ah[L - 1], Wh[L - 1].T), y)
             ly = lam.to(dt)[:, None]
         else:
@@ -185,8 +196,8 @@ class Stationarity:
             bracket = bracket + (delta[i] * e[i]).sum(1)
         grad_lam = -2 * (bracket / m if self.multiclass else (y / m).to(dt) * bracket)
         # eps[l]: adjoint of delta_l (how the loss moves with the backward pass)
-        eps: list = [None] * (L - 1)
-        for i in range(L - 1):
+        eps: list = [None] * L
+        for i in range(L if pairs else L - 1):
             parts = [] if e[i] is None else [e[i]]
             if i > 0 and eps[i - 1] is not None:
                 parts.append(self._mm(s[i - 1] * eps[i - 1], Wh[i].T))
@@ -205,4 +216,7 @@ class Stationarity:
         if f[0] is not None:
             gx = gx + f[0]
         grad_z = -2 * (ly / m) * gx
+        if pairs:  # dL/d(start) = -2/m eps_L; lam_jc moves start[y_j] up and start[c] down
+            d_start = -2 * eps[L - 1] / m
+            grad_lam = d_start.gather(1, y.long()[:, None]) - d_start.gather(1, wrong)
         return stat, grad_z, grad_lam

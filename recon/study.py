@@ -15,8 +15,9 @@ the task's base (``tasks``) and the study's ``defaults``. A point is the set of 
 differ from the profile; points shared by several axes (the base point is on all of them) run
 once. Settings: the arguments of :func:`recon.reproduce.reproduce` (``n_per_class``,
 ``epochs``, ``weight_decay``, ``trials``, ``pool``, ``steps``, ``space``, ``objective``,
-``tv``, ``label_noise``) and any :class:`recon.train.TrainConfig` field (``widths``,
-``init_scale``, ``input_noise``, ``clip``, ``grad_noise``, ``stop_when_fit``, ...).
+``tv``, ``label_noise``, ``all_classes``) and any :class:`recon.train.TrainConfig` field
+(``widths``, ``init_scale``, ``input_noise``, ``clip``, ``grad_noise``, ``stop_when_fit``,
+...).
 
 Each point writes ``OUT/<study>/<point>/card.json`` (``OUT``: ``results/study``) with the
 study's record added under ``"study"``. A point whose card is complete is skipped, so a study
@@ -38,7 +39,7 @@ __all__ = ["StudyPoint", "load_spec", "study_points", "run_study_spec", "load_st
 STUDY_FORMAT = "recon-study/1"
 #: settings passed to reproduce() by name; every other key must be a TrainConfig field
 REPRODUCE_KEYS = ("n_per_class", "epochs", "weight_decay", "trials", "pool", "steps", "space",
-                  "objective", "tv", "label_noise")
+                  "objective", "tv", "label_noise", "all_classes")
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,8 @@ def profile_value(task: str, profile: str, key: str):
         return s["n_per_class"]
     if key == "label_noise":
         return 0.0
+    if key == "all_classes":
+        return False
     if key in SWEEP_DEFAULTS[profile]:
         return SWEEP_DEFAULTS[profile][key]
     if key in ("steps", "tv"):

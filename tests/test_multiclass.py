@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from recon.data import MULTICLASS_TASKS, load_task
+from recon.evaluate import ncc_pairs
 from recon.kkt import gradient_gram, kkt_diagnostic, stationarity_residual
 from recon.models import MLP
 from recon.reconstruct import (
@@ -141,6 +142,26 @@ def test_hand_written_gradient_equals_double_backward(widths, alpha, frozen):
     torch.testing.assert_close(gl2, gl, rtol=1e-7, atol=1e-9 * gl.abs().max().item())
 
 
+@pytest.mark.parametrize("widths,alpha", [((7, 5), 10.0), ((9,), None), ((7, 5, 4), 5.0)])
+def test_all_classes_gradient_equals_double_backward(widths, alpha):
+    """One multiplier per wrong class, lam (m, C - 1): value and both gradients."""
+    model = _model(widths=widths)
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(8, 12, generator=g, dtype=F64)
+    lam = torch.rand(8, C - 1, generator=g, dtype=F64)
+    y = balanced_labels(8, n_classes=C)
+    for p in model.theta():
+        p.requires_grad_(True)
+    xr, lr = x.clone().requires_grad_(True), lam.clone().requires_grad_(True)
+    want = stationarity_loss(model, xr, lr, y, alpha)
+    gx, gl = torch.autograd.grad(want, [xr, lr])
+    got, gz, gl2 = Stationarity(model, None, alpha=alpha, dtype=F64)(x, lam, y)
+    assert got.item() == pytest.approx(want.item(), rel=1e-10)
+    torch.testing.assert_close(gz, gx, rtol=1e-7, atol=1e-9 * gx.abs().max().item())
+    assert gl2.shape == (8, C - 1)
+    torch.testing.assert_close(gl2, gl, rtol=1e-7, atol=1e-9 * gl.abs().max().item())
+
+
 def test_balanced_labels_for_ten_classes():
     y = balanced_labels(25, n_classes=10)
     assert y.dtype == torch.int64 and y.tolist()[:5] == [0, 0, 0, 1, 1]
@@ -216,6 +237,34 @@ def test_positive_control_stays_at_an_exact_kkt_point():
     assert torch.allclose(rec.x, x, atol=1e-6) and torch.allclose(rec.lam, lam * 4, atol=1e-6)
 
 
+def test_positive_control_with_a_multiplier_per_wrong_class_stays(ten_class_mnist):
+    """The trained ten-class model satisfies the all-classes equation (its KKT diagnostic
+    explains nearly everything): started at the true digits with those multipliers, the
+    reconstruction inverting that equation stays on them."""
+    task, res = ten_class_mnist
+    model = res.model
+    d = kkt_diagnostic(model.double(), task.x_train.double(), task.y_train, all_classes=True)
+    model.float()
+    cfg = ReconConfig(n_candidates=task.n, steps=300, matmul="full", all_classes=True,
+                      lambda_min=0.0)
+    rec = reconstruct(model, cfg, mean=task.mean, x_init=task.x_train, y=task.y_train,
+                      lam_init=(d.lam_pairs * task.n).float(), progress=False)
+    drift = (rec.x - task.x_train).flatten(1).norm(dim=1) / task.x_train.flatten(1).norm(dim=1)
+    ncc = ncc_pairs(rec.x + task.mean, task.x_train + task.mean)
+    # the same control inverting the max-class equation, which the model does not satisfy
+    d1 = kkt_diagnostic(model.double(), task.x_train.double(), task.y_train)
+    model.float()
+    cfg1 = ReconConfig(n_candidates=task.n, steps=300, matmul="full", lambda_min=0.0)
+    rec1 = reconstruct(model, cfg1, mean=task.mean, x_init=task.x_train, y=task.y_train,
+                       lam_init=(d1.lam * task.n).float(), progress=False)
+    drift1 = (rec1.x - task.x_train).flatten(1).norm(dim=1) / task.x_train.flatten(1).norm(dim=1)
+    print(f"positive control, all classes: drift {float(drift.max()):.3f}, NCC min "
+          f"{float(ncc.min()):.3f}, residual {rec.history['stat_rel'][-1]:.4f}; max class: drift "
+          f"{float(drift1.max()):.3f}, residual {rec1.history['stat_rel'][-1]:.4f}")
+    assert float(ncc.min()) > 0.95 and float(drift.max()) < float(drift1.max()) / 2
+    assert rec.history["stat_rel"][-1] < rec1.history["stat_rel"][-1] / 5
+
+
 @pytest.mark.slow
 def test_random_starts_recover_real_ten_class_digits(ten_class_mnist):
     """The honest end-to-end check: from random starts, with balanced class assignments and
@@ -231,6 +280,14 @@ def test_random_starts_recover_real_ten_class_digits(ten_class_mnist):
     found, control = int((train_ev.ncc > 0.9).sum()), int((test_ev.ncc > 0.9).sum())
     print(f"ten-class MNIST, n = 30: {found} training digits at NCC > 0.9, {control} test")
     assert found >= 5 and found >= control + 5, (found, control)
+    # the equation the model satisfies (a multiplier per wrong class) gives nearly all back
+    cfg = ReconConfig(n_candidates=2 * task.n, steps=1500, all_classes=True)
+    rec = reconstruct(res.model, cfg, mean=task.mean, progress=False)
+    train_ev = evaluate(rec.x, task.x_train, task.mean, matching="one_to_one")
+    test_ev = evaluate(rec.x, task.x_test[:task.n], task.mean, matching="one_to_one")
+    every, control = int((train_ev.ncc > 0.9).sum()), int((test_ev.ncc > 0.9).sum())
+    print(f"all wrong classes: {every} training digits at NCC > 0.9, {control} test")
+    assert every >= 25 and every > found and control <= 2, (every, found, control)
     assert first_layer_basis(res.model, cfg.subspace_tol).shape[1] <= 400
 
 
