@@ -44,7 +44,7 @@ def fresh_env(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("colab")
     _run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation",
           "-q", "-w", str(tmp / "dist")])
-    wheel = next((tmp / "dist").glob("recon-*.whl"))
+    wheel = next((tmp / "dist").glob("recon_book-*.whl"))  # the distribution recon-book
     env = tmp / "env"
     _run([sys.executable, "-m", "venv", str(env)])
     py = env / "bin" / "python"

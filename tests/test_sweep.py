@@ -339,5 +339,5 @@ def test_postgres_driver_is_optional_with_a_clear_error(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name.startswith("psycopg") else real(name, *a))
-    with pytest.raises(ImportError, match=r"recon\[postgres\]"):
+    with pytest.raises(ImportError, match=r"psycopg2-binary .*\.\[postgres\]"):
         _with_driver("postgresql://u@h/db")

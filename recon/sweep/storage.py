@@ -45,8 +45,9 @@ def default_storage_url(run: str | os.PathLike) -> str:
 
 def _with_driver(url: str) -> str:
     """``postgresql://...`` names no driver; SQLAlchemy 2.1 then wants psycopg 3, older ones
-    psycopg2. Use whichever is installed (``pip install 'recon[postgres]'`` installs
-    psycopg2-binary; SQLite studies need neither)."""
+    psycopg2. Use whichever is installed (the package's ``postgres`` extra,
+    ``pip install -e '.[postgres]'`` in a clone, installs psycopg2-binary; SQLite studies need
+    neither)."""
     if not (url.startswith("postgresql://") or url.startswith("postgres://")):
         return url
     import importlib.util
@@ -55,9 +56,10 @@ def _with_driver(url: str) -> str:
     for module, driver in (("psycopg2", "psycopg2"), ("psycopg", "psycopg")):
         if importlib.util.find_spec(module) is not None:
             return f"postgresql+{driver}://{rest}"
-    raise ImportError("a PostgreSQL storage needs a driver: pip install 'recon[postgres]' "
-                      "(psycopg2-binary), or psycopg 3 (pip install 'psycopg[binary]'); "
-                      "a SQLite study (the default) needs none")
+    raise ImportError("a PostgreSQL storage needs a driver: pip install psycopg2-binary (the "
+                      "recon-book package's `postgres` extra: pip install -e '.[postgres]' in "
+                      "a clone), or psycopg 3 (pip install 'psycopg[binary]'); a SQLite study "
+                      "(the default) needs none")
 
 
 def make_storage(url: str, *, heartbeat_interval: int | None = 10,
