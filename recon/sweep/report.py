@@ -11,7 +11,8 @@ import torch
 
 from ..evaluate import Evaluation, evaluate_both
 from ..files import atomic_write_json
-from .storage import load_run, load_study, load_trial, redact, sweep_dir, trial_path
+from ..rundir import load_run
+from .storage import load_study, load_trial, redact, sweep_dir, trial_path
 
 
 def compare_scores(study, attacker: str = "kkt_residual", oracle: str = "paper_score") -> dict:
@@ -138,7 +139,7 @@ def pool_trials(
     if study is None:
         study = load_study(run, study_name, storage=storage)
     if task is None:
-        _, task, _ = load_run(run)
+        task = load_run(run).task
     sdir = sweep_dir(run) / study.study_name
     if rank_by is not None and rank_by not in ("paper_score", "kkt_residual"):
         raise ValueError(f"rank_by must be 'paper_score' or 'kkt_residual', got {rank_by!r}")

@@ -18,6 +18,7 @@ from ..evaluate import DivergedError, evaluate_both, sweep_score
 from ..files import atomic_save
 from ..provenance import provenance
 from ..reconstruct import ReconConfig, reconstruct
+from ..rundir import load_run
 from .meta import STUDY_FORMAT, base_meta, check_study_meta
 from .objectives import OBJECTIVES, TrialContext, check_finite, kkt_residual, score_trial
 from .report import study_summary
@@ -27,7 +28,6 @@ from .storage import (
     default_storage_url,
     default_study_name,
     import_optuna,
-    load_run,
     make_storage,
     redact,
     sweep_dir,
@@ -245,7 +245,8 @@ def run_study(
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
     if n_trials < 0:
         raise ValueError(f"n_trials must be >= 0, got {n_trials}")
-    model, task, fingerprint = load_run(run)
+    loaded = load_run(run)
+    model, task, fingerprint = loaded.model, loaded.task, loaded.fingerprint()
     if device is not None:
         model = model.to(device)
     base = base or ReconConfig(n_candidates=2 * task.n)

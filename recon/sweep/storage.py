@@ -98,18 +98,12 @@ def make_storage(url: str, *, heartbeat_interval: int | None = 10,
 # Model, task, study
 # ---------------------------------------------------------------------------------------------
 def load_run(run: Path):
-    from ..reconstruct import theta_fingerprint
-    from ..rundir import read_run_card, run_task
-    from ..train import load_checkpoint
+    """``(model, task, fingerprint)`` of a run directory, read by :func:`recon.rundir.load_run`
+    (the task as trained: a shadow model's images, a noisy-label run's labels)."""
+    from ..rundir import load_run as read_run
 
-    if not (run / "run.json").is_file() or not (run / "model.pt").is_file():
-        raise FileNotFoundError(
-            f"{run} holds no trained model (run.json + model.pt); run `python -m recon train "
-            f"--run {run}` first"
-        )
-    task = run_task(read_run_card(run), run)
-    trained, _ = load_checkpoint(run / "model.pt")
-    return trained.model, task, theta_fingerprint(trained.model)
+    r = read_run(run)
+    return r.model, r.task, r.fingerprint()
 
 
 def default_study_name(task_name: str, n: int, fingerprint: str, objective: str) -> str:
