@@ -24,7 +24,9 @@ Studies:
         --variant "m=4n:m_per_n=4" --out results/ablation/mnist-n500.json
 
 Results go to ``results/ablation/STUDY.json``. Finished (run, variant, seed) entries are kept
-and skipped when the command is run again, so an interrupted ablation resumes.
+and skipped when the command is run again, so an interrupted ablation resumes. Each entry
+records ``rank``: the dimension of the first layer's row space that its own variant keeps
+(``subspace_tol``; ``None`` without a subspace).
 """
 
 from __future__ import annotations
@@ -71,6 +73,12 @@ def _task_and_model(run: Path):
     steps = card.get("config", {}).get("recon_base", {}).get("steps")
     task = load_task(t["name"], t["n_per_class"], 250, skip_per_class=t.get("skip_per_class", 0))
     return task, trained, steps
+
+
+def rank_kept(model, tol: float) -> int | None:
+    """The dimension of the first layer's row space kept at cut-off ``tol`` (as the
+    reconstruction keeps it); ``None`` when ``tol`` is 0 (no subspace)."""
+    return first_layer_basis(model, tol).shape[1] if tol > 0 else None
 
 
 def _parse_variants(specs: list[str]) -> dict[str, dict]:
@@ -155,9 +163,8 @@ def main(argv: list[str] | None = None) -> None:
         task, trained, card_steps = _task_and_model(run)
         model = trained.model
         steps = args.steps or card_steps or ReconConfig().steps
-        rank = first_layer_basis(model, ReconConfig().subspace_tol).shape[1]
         common = {"run": run.name, "task": task.name, "n": task.n, "steps": steps,
-                  "train_matmul": trained.config.matmul, "rank": rank}
+                  "train_matmul": trained.config.matmul}
         for variant, over in variants.items():
             for seed in args.seeds:
                 if (run.name, variant, seed) in done:
@@ -165,7 +172,8 @@ def main(argv: list[str] | None = None) -> None:
                 cfg = _config(task, steps, seed, over)
                 t0 = time.perf_counter()
                 res = reconstruct(model, cfg, mean=task.mean, progress=False)
-                record({**common, "variant": variant, "seed": seed, "config": cfg.to_dict(),
+                record({**common, "rank": rank_kept(model, cfg.subspace_tol),
+                        "variant": variant, "seed": seed, "config": cfg.to_dict(),
                         "stat_rel": res.history["stat_rel"][-1],
                         "stat_rel_f64": _stat_rel_f64(model, res),
                         "wall_time_s": time.perf_counter() - t0,
@@ -179,7 +187,8 @@ def main(argv: list[str] | None = None) -> None:
             t0 = time.perf_counter()
             res = reconstruct(model, cfg, mean=task.mean, x_init=task.x_train,
                               lam_init=task.n * diag.lam, y=y, progress=False)
-            record({**common, "variant": f"control {variant}", "seed": 0,
+            record({**common, "rank": rank_kept(model, cfg.subspace_tol),
+                    "variant": f"control {variant}", "seed": 0,
                     "config": cfg.to_dict(), "stat_rel_start": res.history["stat_rel"][0],
                     "stat_rel": res.history["stat_rel"][-1],
                     "stat_rel_f64": _stat_rel_f64(model, res), "kkt_unexplained": diag.unexplained,

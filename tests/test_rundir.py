@@ -2,7 +2,9 @@
 CLI, the sweep, reproduce and the benchmark scripts; recon.models.MLP.from_arch rebuilds a
 network from a stored architecture."""
 
+import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -45,6 +47,7 @@ def test_from_arch_rebuilds_the_same_network():
 # ---------------------------------------------------------------------------------------------
 # load_run: the model and the exact task of a shadow, noisy-label run; the benchmarks use it
 # ---------------------------------------------------------------------------------------------
+ROOT = Path(__file__).resolve().parents[1]
 SKIP, NOISE, NOISE_SEED = 5, 0.5, 3
 
 
@@ -70,6 +73,14 @@ def shadow_run(tmp_path_factory, _data_dir_env):
             "train": {"config": cfg.to_dict(), "epochs_done": res.epoch}}
     (run / "run.json").write_text(json.dumps(card))
     return run, task, res.model
+
+
+def _load_benchmark(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}",
+                                                  ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_load_run_returns_the_shadow_images_and_the_noisy_labels(shadow_run):
@@ -147,3 +158,24 @@ def test_the_sweep_reads_runs_through_rundir(shadow_run):
     assert torch.equal(task.index_train, trained_on.index_train)
     assert torch.equal(task.y_train, trained_on.y_train)
     assert fingerprint == load_run(path).fingerprint()
+
+
+def test_ablation_records_the_rank_of_each_variants_cutoff(shadow_run, tmp_path):
+    """The rank in each entry is the dimension kept at that entry's subspace_tol (it was
+    once computed at the default cut-off and written into every entry)."""
+    from recon.reconstruct import first_layer_basis
+
+    path, _, model = shadow_run
+    out = tmp_path / "tol.json"
+    tols = (1e-4, 0.3)
+    _load_benchmark("ablation").main(
+        ["custom", str(path), "--seeds", "0", "--steps", "3", "--out", str(out),
+         "--variant", f"low:subspace_tol={tols[0]}", "--variant", f"high:subspace_tol={tols[1]}",
+         "--variant", "none:subspace_tol=0"])
+    entries = {e["variant"]: e for e in json.loads(out.read_text())["entries"]}
+    want = {name: first_layer_basis(model, tol).shape[1] for name, tol in zip(("low", "high"),
+                                                                             tols)}
+    assert want["low"] > want["high"]
+    assert {name: entries[name]["rank"] for name in want} == want
+    assert entries["none"]["rank"] is None
+    assert entries["low"]["n"] == 6
