@@ -1,10 +1,11 @@
 """Ablations of the reconstruction on trained models: one setting changed, the same seeds.
 
 For each trained model (a run directory of ``python -m recon reproduce`` or ``python -m recon
-train``: ``model.pt`` + ``card.json`` or ``run.json``), run the library's default
-reconstruction (``ReconConfig()``, m = 2n) under each variant of a study, from the same seeds,
-and count the training images recovered under the paper's protocol and one-to-one matching.
-Everything else is identical, so a difference is the variant's alone.
+train``, read by :func:`recon.rundir.load_run`: the model and the task it was trained on, a
+shadow model's images and a noisy-label run's labels included), run the library's default
+reconstruction (``ReconConfig()``, m = 2n) under each variant of a study, from the same
+seeds, and count the training images recovered under the paper's protocol and one-to-one
+matching. Everything else is identical, so a difference is the variant's alone.
 
 Studies:
 
@@ -23,10 +24,13 @@ Studies:
     python benchmarks/ablation.py custom RUN --variant "10k steps:steps=10000" \
         --variant "m=4n:m_per_n=4" --out results/ablation/mnist-n500.json
 
-Results go to ``results/ablation/STUDY.json``. Finished (run, variant, seed) entries are kept
-and skipped when the command is run again, so an interrupted ablation resumes. Each entry
+Results go to ``results/ablation/STUDY.json``. Finished (run, variant, seed) entries are
+kept and skipped when the command is run again, so an interrupted ablation resumes. Each entry
 records ``rank``: the dimension of the first layer's row space that its own variant keeps
 (``subspace_tol``; ``None`` without a subspace).
+
+The held-out control matches the same candidates one-to-one to n test images of the task, the
+first n/2 of each class (:func:`recon.rundir.held_out`).
 """
 
 from __future__ import annotations
@@ -40,13 +44,12 @@ from pathlib import Path
 
 import torch
 
-from recon.data import load_task
 from recon.evaluate import evaluate, evaluate_both
 from recon.kkt import kkt_diagnostic
 from recon.provenance import provenance
 from recon.reconstruct import ReconConfig, first_layer_basis, reconstruct
+from recon.rundir import held_out, load_run
 from recon.stationarity import Stationarity
-from recon.train import load_checkpoint
 
 STUDIES = {
     "custom": {},
@@ -62,17 +65,11 @@ def _save(out: Path, payload: dict) -> None:
     os.replace(tmp, out)
 
 
-def _task_and_model(run: Path):
-    card = next((json.loads((run / f).read_text()) for f in ("card.json", "run.json")
-                 if (run / f).is_file()), None)
-    if card is None or "task" not in card or not (run / "model.pt").is_file():
-        raise FileNotFoundError(f"{run} needs model.pt and card.json or run.json: train it "
-                                "with `python -m recon reproduce` or `python -m recon train`")
-    trained, _ = load_checkpoint(run / "model.pt")
-    t = card["task"]
-    steps = card.get("config", {}).get("recon_base", {}).get("steps")
-    task = load_task(t["name"], t["n_per_class"], 250, skip_per_class=t.get("skip_per_class", 0))
-    return task, trained, steps
+def recipe_steps(run) -> int | None:
+    """The reconstruction steps of the run's recipe (a ``reproduce`` directory's card), or
+    ``None`` (a ``train`` directory)."""
+    card = run.reproduce_card()
+    return (card or {}).get("config", {}).get("recon_base", {}).get("steps")
 
 
 def rank_kept(model, tol: float) -> int | None:
@@ -111,7 +108,7 @@ def _counts(x, task) -> dict:
     """Counts under both matchings, and the held-out control: the same candidates matched
     one-to-one to n test images of the task, which the model never saw."""
     out = {m: e.counts() for m, e in evaluate_both(x, task.x_train, task.mean).items()}
-    out["test_control"] = evaluate(x, task.x_test[: task.n], task.mean,
+    out["test_control"] = evaluate(x, held_out(task), task.mean,
                                    matching="one_to_one").counts()
     return out
 
@@ -144,7 +141,8 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
 
     out = Path(args.out or f"results/ablation/{args.study}.json")
-    variants = STUDIES[args.study] if args.study != "custom" else _parse_variants(args.variant)
+    variants = (STUDIES[args.study] if args.study != "custom"
+                else _parse_variants(args.variant))
     payload = json.loads(out.read_text()) if out.is_file() else {
         "format": "recon-ablation/1", "what": f"{args.study}: {' vs '.join(variants)}, "
                                               "same seeds", "entries": []}
@@ -159,12 +157,12 @@ def main(argv: list[str] | None = None) -> None:
               f"{c['ncc>0.9']:3d}  NCC>0.8 {c['ncc>0.8']:3d}  SSIM>0.4 {c['ssim>0.4']:3d}  "
               f"stat_rel {entry['stat_rel']:.2e} ({entry['wall_time_s']:.0f} s)", flush=True)
 
-    for run in args.runs:
-        task, trained, card_steps = _task_and_model(run)
-        model = trained.model
-        steps = args.steps or card_steps or ReconConfig().steps
+    for run_dir in args.runs:
+        run = load_run(run_dir)
+        task, model = run.task, run.model
+        steps = args.steps or recipe_steps(run) or ReconConfig().steps
         common = {"run": run.name, "task": task.name, "n": task.n, "steps": steps,
-                  "train_matmul": trained.config.matmul}
+                  "train_matmul": run.trained.config.matmul}
         for variant, over in variants.items():
             for seed in args.seeds:
                 if (run.name, variant, seed) in done:

@@ -10,8 +10,12 @@ largest, as ``ReconConfig.subspace_tol`` does):
 * ``w1_energy_left_out``: the fraction of ``||W1||^2`` in the directions dropped (what the
   stationarity equation can no longer explain);
 * ``train_ncc>0.9`` / ``test_ncc>0.9``: how many training images, and as many test images of
-  the same task, correlate above 0.9 with their own projection onto the kept directions (the
-  best a reconstruction in that space can do, and the same for images the model never saw).
+  the same task (the first n/2 of each class, :func:`recon.rundir.held_out`), correlate above
+  0.9 with their own projection onto the kept directions (the best a reconstruction in that
+  space can do, and the same for images the model never saw).
+
+Each run directory is read by :func:`recon.rundir.load_run`: the training images are the ones
+the model was trained on (a shadow model's, ``train --skip-per-class``).
 
     python benchmarks/rowspace.py runs/mnist-n500 runs/cifar10-n500 \\
         --out results/ablation/rowspace-n500.json
@@ -26,31 +30,27 @@ from pathlib import Path
 
 import torch
 
-from recon.data import load_task
 from recon.evaluate import ncc_pairs
 from recon.provenance import provenance
-from recon.train import load_checkpoint
+from recon.rundir import held_out, load_run
 
 TOLS = (3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 5e-3, 1e-2, 2e-2, 3e-2, 1e-1)
 
 
-def analyse(run: Path) -> dict:
-    card = json.loads(next((run / f).read_text() for f in ("card.json", "run.json")
-                           if (run / f).is_file()))
-    t = card["task"]
-    task = load_task(t["name"], t["n_per_class"], t["n_per_class"],
-                     skip_per_class=t.get("skip_per_class", 0))
-    model = load_checkpoint(run / "model.pt")[0].model
-    w = model.layers[0].weight.detach().double()
+def analyse(run_dir: Path, tols=TOLS) -> dict:
+    """The row-space analysis of one run directory, at each cut-off in ``tols``."""
+    run = load_run(run_dir)
+    task = run.task
+    w = run.model.layers[0].weight.detach().double()
     _, s, vh = torch.linalg.svd(w, full_matrices=False)
     rel = s / s[0]
     energy = (s**2).cumsum(0) / (s**2).sum()
     rows = []
-    for tol in TOLS:
+    for tol in tols:
         k = int((rel > tol).sum())
         basis = vh[:k].T
         row = {"tol": tol, "rank": k, "w1_energy_left_out": float(1 - energy[k - 1])}
-        for split, x in (("train", task.x_train), ("test", task.x_test[: task.n])):
+        for split, x in (("train", task.x_train), ("test", held_out(task))):
             flat = x.flatten(1).double()
             proj = (flat @ basis) @ basis.T
             ncc = ncc_pairs((proj.view_as(x) + task.mean).float(), (x + task.mean).float())

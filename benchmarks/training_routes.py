@@ -19,8 +19,11 @@ Routes (``--routes``, default all):
   is too strong to fit every training image).
 
 Every route checkpoints to ``OUT/<route>/model.pt`` and resumes; a longer ``--epochs`` extends
-a finished run. Results: ``OUT/<route>.json`` (config, history with ``kkt_epoch`` /
-``kkt_unexplained``, wall time, provenance) and ``OUT/training_routes.png``.
+a finished run. ``OUT/<route>/`` is a run directory like one of ``python -m recon train``
+(``model.pt`` and ``run.json``, whose task entry :func:`recon.rundir.task_card` writes), so
+:func:`recon.rundir.load_run`, the sweep and the ablation scripts read it as any other.
+Results: ``OUT/<route>.json`` (config, history with ``kkt_epoch`` / ``kkt_unexplained``, wall
+time, provenance) and ``OUT/training_routes.png``.
 
 Usage::
 
@@ -60,8 +63,10 @@ def kkt_epochs(total: int) -> list[int]:
 
 
 def run_route(name: str, epochs: int, task, out: Path, dtype: str, log_every: int) -> dict:
+    from recon.files import atomic_write_json
     from recon.kkt import kkt_diagnostic
     from recon.provenance import provenance
+    from recon.rundir import task_card
     from recon.train import TrainConfig, train_task
 
     cfg = TrainConfig(**ROUTES[name], epochs=epochs, dtype=dtype, log_every=log_every)
@@ -78,6 +83,11 @@ def run_route(name: str, epochs: int, task, out: Path, dtype: str, log_every: in
     (out / name).mkdir(parents=True, exist_ok=True)
     res = train_task(task, cfg, checkpoint=out / name / "model.pt", progress=False,
                      callback=callback, checkpoint_every=max(log_every, 5000))
+    # the route's folder as a run directory (the card `python -m recon train` writes)
+    atomic_write_json({"task": task_card(task), "train": {
+        "config": cfg.to_dict(), "epochs_done": res.epoch, "wall_time_s": res.wall_time,
+        "final": res.final()}, "provenance": provenance("cpu")}, out / name / "run.json",
+        indent=2)
     card = {"route": name, "task": task.name, "n": task.n, "config": cfg.to_dict(),
             "epochs_done": res.epoch, "wall_time_s": res.wall_time,
             "final": res.final(), "history": res.history, "provenance": provenance("cpu")}

@@ -160,6 +160,23 @@ def test_the_sweep_reads_runs_through_rundir(shadow_run):
     assert fingerprint == load_run(path).fingerprint()
 
 
+def test_the_benchmarks_read_runs_through_rundir():
+    for name in ("ablation", "rowspace"):
+        assert _load_benchmark(name).load_run is load_run, name
+
+
+def test_rowspace_scores_the_shadow_images(shadow_run):
+    """Behaviour, not only wiring: at a cut-off that keeps the whole row space, the training
+    images rowspace scores are the shadow ones (all in the span of W1 up to the small
+    initialisation), not the default task's."""
+    path, trained_on, _ = shadow_run
+    out = _load_benchmark("rowspace").analyse(path, tols=(1e-6, 0.5))
+    assert out["n"] == trained_on.n
+    full, cut = out["cutoffs"]
+    assert full["rank"] > cut["rank"]
+    assert full["train_ncc>0.9"] == trained_on.n
+
+
 def test_ablation_records_the_rank_of_each_variants_cutoff(shadow_run, tmp_path):
     """The rank in each entry is the dimension kept at that entry's subspace_tol (it was
     once computed at the default cut-off and written into every entry)."""
