@@ -3,11 +3,11 @@
 For each trained model (a run directory of ``python -m recon reproduce`` or ``python -m recon
 train``, read by :func:`recon.rundir.load_run`: the model and the task it was trained on, a
 shadow model's images and a noisy-label run's labels included), run the library's default
-reconstruction (``ReconConfig()``, m = 2n) under each variant of a study, from the same
+reconstruction (``ReconConfig()``, m = 2n) under each variant of an ablation, from the same
 seeds, and count the training images recovered under the paper's protocol and one-to-one
 matching. Everything else is identical, so a difference is the variant's alone.
 
-Studies:
+Ablations (the first argument):
 
 * ``subspace``: candidates kept in the first layer's row space (the default) or not
   (``subspace_tol=0``);
@@ -24,7 +24,7 @@ Studies:
     python benchmarks/ablation.py custom RUN --variant "10k steps:steps=10000" \
         --variant "m=4n:m_per_n=4" --out results/ablation/mnist-n500.json
 
-Results go to ``results/ablation/STUDY.json``. Finished (run, variant, seed) entries are
+Results go to ``results/ablation/ABLATION.json``. Finished (run, variant, seed) entries are
 kept and skipped when the command is run again, so an interrupted ablation resumes. Each entry
 records ``rank``: the dimension of the first layer's row space that its own variant keeps
 (``subspace_tol``; ``None`` without a subspace).
@@ -51,7 +51,7 @@ from recon.reconstruct import ReconConfig, first_layer_basis, reconstruct
 from recon.rundir import held_out, load_run
 from recon.stationarity import Stationarity
 
-STUDIES = {
+ABLATIONS = {
     "custom": {},
     "subspace": {"subspace": {}, "no subspace": {"subspace_tol": 0.0}},
     "precision": {"full": {"matmul": "full"}, "bfloat16": {"matmul": "bfloat16"}},
@@ -80,7 +80,7 @@ def rank_kept(model, tol: float) -> int | None:
 
 def _parse_variants(specs: list[str]) -> dict[str, dict]:
     if not specs:
-        raise SystemExit("error: the custom study needs at least one --variant NAME:key=value")
+        raise SystemExit("error: the custom ablation needs at least one --variant NAME:key=value")
     out = {}
     for spec in specs:
         name, _, body = spec.partition(":")
@@ -125,26 +125,26 @@ def _stat_rel_f64(model, res) -> float:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("study", choices=sorted(STUDIES))
+    ap.add_argument("ablation", choices=sorted(ABLATIONS))
     ap.add_argument("runs", nargs="+", type=Path, help="trained run directories")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--steps", type=int, help="reconstruction steps (default: the card's, "
                                               "else the library's default)")
     ap.add_argument("--variant", action="append", default=[],
-                    help="custom study: NAME:key=value,key=value (repeatable)")
+                    help="custom ablation: NAME:key=value,key=value (repeatable)")
     ap.add_argument("--control", action="store_true",
                     help="also run the positive control (start at the training set)")
-    ap.add_argument("--out", help="default results/ablation/STUDY.json")
+    ap.add_argument("--out", help="default results/ablation/ABLATION.json")
     ap.add_argument("--threads", type=int)
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    out = Path(args.out or f"results/ablation/{args.study}.json")
-    variants = (STUDIES[args.study] if args.study != "custom"
+    out = Path(args.out or f"results/ablation/{args.ablation}.json")
+    variants = (ABLATIONS[args.ablation] if args.ablation != "custom"
                 else _parse_variants(args.variant))
     payload = json.loads(out.read_text()) if out.is_file() else {
-        "format": "recon-ablation/1", "what": f"{args.study}: {' vs '.join(variants)}, "
+        "format": "recon-ablation/1", "what": f"{args.ablation}: {' vs '.join(variants)}, "
                                               "same seeds", "entries": []}
     done = {(e["run"], e["variant"], e["seed"]) for e in payload["entries"]}
 

@@ -1,5 +1,5 @@
-"""Reading studies back: summaries, how an attacker's objective ranks trials against the oracle,
-and the pooled candidates of the best trials."""
+"""Reading Optuna studies back: summaries, how an attacker's objective ranks trials against the
+oracle, and the pooled candidates of the best trials."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""Running a study: each trial one reconstruction, resumed chunk by chunk so the pruner can
-stop it; claiming trials across workers, samplers and pruners, progress."""
+"""Running an Optuna study: each trial one reconstruction, resumed chunk by chunk so the
+pruner can stop it; claiming trials across workers, samplers and pruners, progress. The run
+directory is read by :func:`recon.rundir.load_run` (the model and the task as trained)."""
 
 from __future__ import annotations
 

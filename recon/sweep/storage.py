@@ -1,6 +1,6 @@
-"""Where studies and their artefacts live: SQLite or PostgreSQL storage (driver, locks,
-retries, heartbeats, redacted URLs), study names, the run directory a study belongs to and the
-files each finished trial leaves."""
+"""Where Optuna studies and their artefacts live: SQLite or PostgreSQL storage (driver, locks,
+retries, heartbeats, redacted URLs), study names, the run directory a study belongs to (read by
+:mod:`recon.rundir`) and the files each finished trial leaves."""
 
 from __future__ import annotations
 
