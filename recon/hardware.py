@@ -17,7 +17,7 @@ import sys
 
 import torch
 
-__all__ = ["PRECISIONS", "bf16_fast", "default_device", "resolve_precision",
+__all__ = ["PRECISIONS", "bf16_fast", "cpu_info", "default_device", "resolve_precision",
            "keep_freed_memory"]
 
 PRECISIONS = ("auto", "full", "bfloat16", "float16")
@@ -42,12 +42,34 @@ def bf16_fast(device: torch.device | str) -> bool:
         return torch.cuda.is_available() and torch.cuda.get_device_capability(device) >= (8, 0)
     if device.type != "cpu" or not torch.backends.mkldnn.is_available():
         return False
+    cpu = cpu_info()
+    return cpu["amx_bf16"] or cpu["avx512_bf16"]
+
+
+def cpu_info() -> dict:
+    """The CPU a result ran on: its model name and whether it has the bfloat16 matrix
+    instructions that :func:`bf16_fast` looks for (``/proc/cpuinfo``; on other systems the
+    processor string and ``False``). Results differ in their last bits from one CPU to
+    another, and ``"auto"`` precision means bfloat16 on some and full on others, so every
+    run card records this."""
+    import platform
+
+    model, flags = platform.processor() or platform.machine(), set()
     try:
         with open("/proc/cpuinfo") as fh:
-            flags = fh.read()
+            text = fh.read()
     except OSError:
-        return False
-    return " amx_bf16" in flags or " avx512_bf16" in flags
+        text = ""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and value.strip():
+            model = value.strip()
+        elif key.strip() == "flags":
+            flags = set(value.split())
+        if flags and key.strip() == "model name":
+            break
+    return {"model": model, "amx_bf16": "amx_bf16" in flags,
+            "avx512_bf16": "avx512_bf16" in flags}
 
 
 def resolve_precision(precision: str, device: torch.device | str,
