@@ -30,17 +30,26 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["SWEEP_DEFAULTS", "reproduce", "default_out", "read_card", "trained_params",
-           "results_dir", "load_cards", "card_row"]
+__all__ = ["SWEEP_DEFAULTS", "SELECTION", "reproduce", "default_out", "read_card",
+           "trained_params", "results_dir", "load_cards", "card_row", "card_selection"]
 
-# per profile: trials in the sweep, how many best trials to pool, search space, sampler
+# per profile: trials in the sweep, how many best trials to pool, search space, and the
+# objective that ranks them. "kkt" reads the weights alone (what an attacker can do); the
+# paper's own search ranked by an oracle that reads the training images ("oracle"), which
+# the paper profile keeps so that it stays the paper's protocol, and says so on its card.
 SWEEP_DEFAULTS = {
-    "quick": {"trials": 4, "pool": 3, "space": "cpu", "objective": "paper"},
-    # n = 500: independent runs of the measured recipe, all pooled (nothing chosen by an oracle)
+    "quick": {"trials": 4, "pool": 3, "space": "cpu", "objective": "kkt"},
+    # n = 500: independent runs of the measured recipe, all pooled (nothing chosen)
     "full": {"trials": 8, "pool": 8, "space": "seeds", "objective": "kkt"},
-    "paper": {"trials": 100, "pool": 10, "space": "paper", "objective": "paper"},
+    "paper": {"trials": 100, "pool": 10, "space": "paper", "objective": "oracle"},
 }
 CARD_FORMAT = "recon-reproduce/1"
+#: what a card says about how its pooled trials were chosen, by sweep objective
+SELECTION = {
+    "kkt": "weights only (lowest exact-ReLU stationarity residual)",
+    "agreement": "weights only (agreement of two independent runs)",
+    "oracle": "oracle: the paper's score, which reads the training images",
+}
 
 
 def default_out(task: str, profile: str, n: int) -> Path:
@@ -117,6 +126,19 @@ def trained_params(input_dim: int, widths, n_outputs: int = 1) -> int:
     return sum(a * b for a, b in zip(dims, dims[1:])) + dims[1]
 
 
+def card_selection(card: dict) -> str:
+    """How the card's pooled trials were chosen (:data:`SELECTION`), also for cards written
+    before cards said so: ``"none (every trial pooled)"``, a weights-only objective, or the
+    oracle, which reads the training images and must be named wherever its counts are shown.
+    """
+    if "selection" in card:
+        return card["selection"]
+    sw = card["config"]["sweep"]
+    if len(card["pool"]["trials"]) >= sw["trials"]:
+        return "none (every trial pooled)"
+    return SELECTION["oracle" if sw["objective"] == "paper" else sw["objective"]]
+
+
 def card_row(card: dict) -> dict:
     """One table row of a run card: size, training, counts under both matchings, margins."""
     c = card["pool"]["counts"]["pool"]
@@ -128,6 +150,7 @@ def card_row(card: dict) -> dict:
         "train error": tr["train_error"], "test accuracy": tr["test_accuracy"],
         "KKT unexplained": tr.get("kkt_unexplained"),
         "trials pooled": len(card["pool"]["trials"]),
+        "trials chosen by": card_selection(card),
         "steps": card["config"]["recon_base"]["steps"],
         # the row-space cut-off; cards written before the option existed ran without it
         "subspace": format(tol, "g") if (tol := card["config"]["recon_base"].get(
@@ -204,12 +227,12 @@ def reproduce(
     from .data import flip_labels, load_task
     from .evaluate import evaluate
     from .files import atomic_write_json
-    from .hardware import default_device
+    from .hardware import default_device, resolve_precision
     from .margins import model_margin_analysis
     from .pipeline import settings
     from .provenance import provenance
     from .reconstruct import ReconConfig
-    from .sweep import pool_trials, run_study, search_space
+    from .sweep import objective_name, pool_trials, run_study, search_space
     from .train import train_task
 
     if profile not in SWEEP_DEFAULTS:
@@ -218,6 +241,7 @@ def reproduce(
     sw = dict(SWEEP_DEFAULTS[profile])
     sw.update({k: v for k, v in {"trials": trials, "pool": pool, "objective": objective,
                                  "space": space}.items() if v is not None})
+    sw["objective"] = objective_name(sw["objective"])
     if sw["trials"] < 1 or sw["pool"] < 1:
         raise ValueError("trials and pool must be >= 1")
     npc = n_per_class or s["n_per_class"]
@@ -255,7 +279,13 @@ def reproduce(
                        "params": trained_params(data.x_train[0].numel(), tcfg.widths,
                                                 data.n_outputs),
                        "n_outputs": data.n_outputs},
-                config={"train": tcfg.to_dict(), "recon_base": rcfg.to_dict(), "sweep": sw})
+                config={"train": tcfg.to_dict(), "recon_base": rcfg.to_dict(), "sweep": sw},
+                # what "auto" became on this machine: bfloat16 products or full precision
+                precision={"train": resolve_precision(tcfg.matmul, dev, tcfg.dtype),
+                           "recon": resolve_precision(rcfg.matmul, dev, rcfg.dtype)},
+                # who chose the pooled trials: the weights alone, or the training images
+                selection=SELECTION[sw["objective"]] if sw["pool"] < sw["trials"] else
+                "none (every trial pooled)")
 
     # 1. train ------------------------------------------------------------------------------
     say(f"1/4 train {data.name} n={data.n} for {tcfg.epochs} epochs -> {out / 'model.pt'}")
@@ -300,7 +330,9 @@ def reproduce(
     card["pool"] = {"trials": pooled.trials, "best_trial": pooled.best_trial,
                     "n_candidates": pooled.pool["paper"].n_candidates,
                     "counts": pooled.counts(), "test_control": control.counts()}
-    if sw["objective"] != "paper":  # the attacker's choice; the oracle's beside it
+    card.pop("pool_oracle", None)  # a resumed card's, from another pool size
+    if sw["objective"] != "oracle" and sw["pool"] < sw["trials"]:
+        # the attacker's choice, and the oracle's beside it (where there was a choice)
         oracle = pool_trials(out, sw["pool"], study_name=summary["study_name"], task=data,
                              rank_by="paper_score")
         card["pool_oracle"] = {"trials": oracle.trials, "best_trial": oracle.best_trial,

@@ -39,7 +39,13 @@ def test_reproduce_writes_card_and_figures_and_resumes(tmp_path, data_dir, monke
     # the held-out control: the pooled candidates matched to 6 test images instead
     control = card["pool"]["test_control"]
     assert set(control) == set(pool["one_to_one"]) and control["ssim>0.3"] <= 6
-    assert "pool_oracle" not in card  # the objective is the oracle already
+    # weights-only by default; every trial pooled here, so nothing was chosen
+    assert card["config"]["sweep"]["objective"] == "kkt"
+    assert card["selection"] == "none (every trial pooled)"
+    assert "pool_oracle" not in card  # no choice, so nothing for the oracle to choose either
+    assert card["precision"]["recon"] in ("full", "bfloat16")
+    assert card["precision"]["train"] == "full"  # TrainConfig's default
+    assert card["provenance"]["cpu"]["model"]
     m = card["margins"]
     assert len(m["margin"]) == len(m["ncc"]) == len(m["lam"]) == 6
     assert all(lam >= 0 for lam in m["lam"])
@@ -57,7 +63,12 @@ def test_reproduce_writes_card_and_figures_and_resumes(tmp_path, data_dir, monke
     # asking for more trials extends the study instead of starting over
     more = [a if a != "2" or TINY[i - 1] != "--trials" else "3" for i, a in enumerate(TINY)]
     assert main(["reproduce", "mnist", "--out", str(out), *more]) == 0
-    assert read_card(out)["sweep"]["states"] == {"COMPLETE": 3}
+    card3 = read_card(out)
+    assert card3["sweep"]["states"] == {"COMPLETE": 3}
+    # 2 of 3 pooled: chosen from the weights alone, and the oracle's choice recorded beside
+    assert card3["selection"].startswith("weights only")
+    assert len(card3["pool_oracle"]["trials"]) == 2
+    assert card_row(card3)["trials chosen by"] == card3["selection"]
     assert "[reproduce] done" in capsys.readouterr().out
 
     # the Results chapter reads cards through load_cards / card_row

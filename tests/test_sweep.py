@@ -1,6 +1,7 @@
 """Hyperparameter sweeps (recon.sweep, `python -m recon sweep`): shared storage, workers that
 die, PostgreSQL across machines, pooled candidates."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -24,8 +25,6 @@ from recon.sweep import (
     search_space,
     study_summary,
 )
-
-optuna = pytest.importorskip("optuna")
 
 ROOT = Path(__file__).resolve().parents[1]
 PG_URL = os.environ.get("RECON_TEST_POSTGRES_URL")
@@ -204,6 +203,47 @@ def test_diverging_trials_are_pruned_not_fatal(tiny_run):
     with pytest.raises(ValueError, match="another base_config"):
         run_study(tiny_run, 0, base=ReconConfig(n_candidates=20, steps=30, optimizer="sgd"),
                   study_name="diverge", progress=False)
+
+
+def test_default_objective_chooses_without_reading_the_training_images(tiny_run, monkeypatch):
+    """The default sweep ranks, prunes and pools its trials from the weights alone: with the
+    training images replaced by noise in everything the sweep loads, the same trials get
+    the same values, the same trials are pruned and the same ones are pooled. Only the
+    oracle score recorded beside them changes (so the corruption did reach the scorer)."""
+    import recon.sweep.report as report
+    import recon.sweep.runner as runner
+
+    base = ReconConfig(n_candidates=20, steps=40)
+    kw = dict(base=base, space="cpu", report_every=10, pruner="median", prune_startup=1,
+              prune_warmup=0, sampler="random", sampler_seed=3, progress=False)
+    clean = run_study(tiny_run, 4, study_name="weights-only-clean", **kw)
+    assert clean["objective"] == "kkt"
+
+    real_load = runner.load_run
+
+    def load_with_noise(run, *args, **kwargs):
+        r = real_load(run, *args, **kwargs)
+        g = torch.Generator().manual_seed(0)
+        noise = torch.rand(r.task.x_train.shape, generator=g) - 0.5
+        return dataclasses.replace(r, task=dataclasses.replace(r.task, x_train=noise))
+
+    monkeypatch.setattr(runner, "load_run", load_with_noise)
+    monkeypatch.setattr(report, "load_run", load_with_noise)
+    noisy = run_study(tiny_run, 4, study_name="weights-only-noisy", **kw)
+
+    a, b = (sorted(load_study(tiny_run, n).trials, key=lambda t: t.number)
+            for n in ("weights-only-clean", "weights-only-noisy"))
+    assert [t.state for t in a] == [t.state for t in b]
+    assert [t.params for t in a] == [t.params for t in b]
+    for ta, tb in zip(a, b):
+        assert ta.intermediate_values == pytest.approx(tb.intermediate_values, rel=1e-6)
+        if ta.state.name == "COMPLETE":
+            assert ta.value == pytest.approx(tb.value, rel=1e-6)
+            assert ta.user_attrs["paper_score"] != pytest.approx(tb.user_attrs["paper_score"])
+    assert sum(t.state.name == "COMPLETE" for t in a) >= 2
+    assert pool_trials(tiny_run, 2, study_name="weights-only-clean").trials == pool_trials(
+        tiny_run, 2, study_name="weights-only-noisy").trials
+    assert noisy["objective"] == "kkt"
 
 
 def test_kkt_objective_prunes_on_intermediate_values(tiny_run):

@@ -20,20 +20,23 @@ Storage and workers:
 
 Objectives (all minimised):
 
-- ``"paper"``: the paper's sweep score, the mean of the ``k`` best one-to-one NCC distances
-  between candidates and training images (:func:`recon.evaluate.sweep_score`). It uses the
-  training set: an oracle for research, not a tool an attacker has.
-- ``"kkt"``: the fraction of ``||theta||^2`` the candidates leave unexplained in the
+- ``"kkt"`` (the default): the fraction of ``||theta||^2`` the candidates leave unexplained in the
   stationarity equation, evaluated with the *exact* ReLU (so trials with different ``alpha``
   compare fairly). Needs only the weights: what an attacker can compute.
 - ``"agreement"``: two independent runs (different seeds) with the same hyperparameters; the
   score is the paper's score of one run's candidates against the other's. Also needs no
   training data, costs two runs per trial, and rewards any reproducible output: two runs that
   collapse to the same class-average blob agree too.
+- ``"oracle"``: the paper's sweep score, the mean of the ``k`` best one-to-one NCC distances
+  between candidates and training images (:func:`recon.evaluate.sweep_score`). It reads the
+  training set: an oracle for research, not a tool an attacker has. (Cards and studies
+  written before it had this name call it ``"paper"``.)
 
 Every trial records the oracle score and the KKT residual as user attributes whatever the
-objective (so every worker needs the training data, as ``RUN/run.json`` names it), and
-:func:`compare_scores` measures how well an attacker's score finds what the oracle finds.
+objective (so every worker needs the training data, as ``RUN/run.json`` names it, to record
+it), and :func:`compare_scores` measures how well an attacker's score finds what the oracle
+finds; with a weights-only objective the recorded oracle score never decides which trial is
+pruned, ranked or pooled.
 
 Pruning: every ``report_every`` steps the trial reports its objective (for ``"kkt"`` the
 exact-ReLU residual) to an Optuna pruner, which stops hopeless trials. The run is continued
@@ -57,7 +60,7 @@ Layout: ``space`` (search spaces), ``storage`` (databases, run directories, tria
 """
 
 from .meta import STUDY_FORMAT
-from .objectives import OBJECTIVES, kkt_residual
+from .objectives import ATTACKER_OBJECTIVES, OBJECTIVES, kkt_residual, objective_name
 from .report import PoolResult, compare_scores, pool_trials, study_summary
 from .runner import run_study
 from .space import SEARCH_SPACES, SEARCHABLE, search_space
@@ -71,6 +74,7 @@ from .storage import (
 )
 
 __all__ = [
+    "ATTACKER_OBJECTIVES",
     "OBJECTIVES",
     "SEARCHABLE",
     "SEARCH_SPACES",
@@ -84,6 +88,7 @@ __all__ = [
     "load_study",
     "load_trial",
     "make_storage",
+    "objective_name",
     "pool_trials",
     "run_study",
     "search_space",

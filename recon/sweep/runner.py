@@ -21,7 +21,7 @@ from ..provenance import provenance
 from ..reconstruct import ReconConfig, reconstruct
 from ..rundir import load_run
 from .meta import STUDY_FORMAT, base_meta, check_study_meta
-from .objectives import OBJECTIVES, TrialContext, check_finite, kkt_residual, score_trial
+from .objectives import TrialContext, check_finite, kkt_residual, objective_name, score_trial
 from .report import study_summary
 from .space import search_space, space_to_json
 from .storage import (
@@ -131,7 +131,7 @@ def _objective(ctx: TrialContext, trial) -> float:
     y = torch.cat([r.y for r in runs])
     r0 = runs[0]
     scores = {
-        "paper_score": value if ctx.objective == "paper"
+        "paper_score": value if ctx.objective == "oracle"
         else sweep_score(r0.x, ctx.task.x_train, k=ctx.k),
         "kkt_residual": value if ctx.objective == "kkt"
         else kkt_residual(ctx.model, r0.x, r0.lam, r0.y),
@@ -186,7 +186,7 @@ def run_study(
     n_trials: int,
     *,
     base: ReconConfig | None = None,
-    objective: str = "paper",
+    objective: str = "kkt",
     space: dict | str = "paper",
     storage: str | None = None,
     study_name: str | None = None,
@@ -217,7 +217,9 @@ def run_study(
         base: the fixed part of each trial's config (default ``ReconConfig()`` with
             ``n_candidates = 2n``); the searched parameters and the seed (``base.seed +
             trial number``) are overridden per trial. All workers of a study must agree.
-        objective: ``"paper"`` (oracle), ``"kkt"`` or ``"agreement"`` (attacker-realistic).
+        objective: ``"kkt"`` (default) or ``"agreement"``, from the weights alone, or
+            ``"oracle"``, the paper's score, which reads the training images (``"paper"``
+            is read as ``"oracle"``).
         space: a :func:`search_space` name or dict.
         storage: database URL; default ``sqlite:///run/sweep/optuna.db``.
         study_name: default :func:`default_study_name` (task, n, weights, objective).
@@ -242,8 +244,7 @@ def run_study(
     """
     optuna = import_optuna()
     run = Path(run)
-    if objective not in OBJECTIVES:
-        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+    objective = objective_name(objective)
     if n_trials < 0:
         raise ValueError(f"n_trials must be >= 0, got {n_trials}")
     loaded = load_run(run)
