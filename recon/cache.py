@@ -17,7 +17,8 @@ result stale.
 Nothing is reused or recomputed silently. When ``cached`` recomputes because the entry for
 this config was computed by other code, or because the stored file cannot be read (the error
 is quoted) or holds something else, it warns with a :class:`CacheWarning` that names the file
-and the reason, then replaces the file with the new result.
+and the reason (inside a notebook it prints that line in the cell's output instead), then
+replaces the file with the new result.
 
 The cache lives in ``RECON_RESULTS_CACHE`` (default ``~/.cache/recon/results``), one file per
 kind and config, ``KIND-CONFIGKEY-REVISION.pt``. Delete a file (or the folder) to recompute.
@@ -30,6 +31,7 @@ import hashlib
 import json
 import os
 import re
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -86,7 +88,13 @@ def code_revision() -> str:
 
 
 def _warn(message: str) -> None:
-    warnings.warn(message, CacheWarning, stacklevel=3)
+    """Say why a result is recomputed: a :class:`CacheWarning` in scripts and tests; inside a
+    notebook kernel a printed line instead, which the reader sees in the cell's output (a
+    chapter's stderr fails the book build, which treats warnings as errors)."""
+    if "ipykernel" in sys.modules:
+        print(message, flush=True)
+    else:
+        warnings.warn(message, CacheWarning, stacklevel=3)
 
 
 def _stale_entries(folder: Path, kind: str, key: str, current: Path) -> list[Path]:

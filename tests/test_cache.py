@@ -160,3 +160,19 @@ def test_configs_need_not_be_plain_json(store):
     cfg = {"dtype": torch.float32, "widths": (10, 10)}
     assert cached("odd", cfg, compute)["_meta"]["from_cache"] is False
     assert cached("odd", cfg, compute)["_meta"]["from_cache"] is True and len(calls) == 1
+
+
+def test_inside_a_notebook_the_reason_is_printed_not_warned(tmp_path, monkeypatch, capsys):
+    """A chapter's stderr fails the book build, so in a kernel the reason goes to stdout."""
+    import sys
+    import types
+
+    monkeypatch.setenv("RECON_RESULTS_CACHE", str(tmp_path))
+    cached("kind", {"a": 1}, lambda: {"v": torch.ones(1)})
+    path = next(tmp_path.glob("kind-*.pt"))
+    path.write_bytes(b"not a torch file")
+    monkeypatch.setitem(sys.modules, "ipykernel", types.ModuleType("ipykernel"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cached("kind", {"a": 1}, lambda: {"v": torch.ones(1)})
+    assert "cannot read" in capsys.readouterr().out

@@ -34,7 +34,7 @@ def tasks(_data_dir_env) -> dict[str, data.BinaryTask]:
     try:
         return {name: load_task(name) for name in data.TASKS}
     except DataUnavailableError as err:  # no local copy and no internet
-        pytest.skip(f"real data unavailable: {err}")
+        pytest.fail(f"real data unavailable: {err} (set RECON_DATA_DIR; see README, 'Data')")
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,8 @@ def raw(_data_dir_env) -> dict[str, tuple]:
     for name in data.TASKS:
         path = Path(os.environ.get("RECON_DATA_DIR", SHARED_DATA)) / f"{name}.npz"
         if not path.is_file():
-            pytest.skip(f"{path} not found")
+            pytest.fail(f"{path} not found: set RECON_DATA_DIR to a directory holding the "
+                        "offline data sets (see README, 'Data')")
         with np.load(path) as d:
             out[name] = tuple(d[k] for k in ("x_train", "y_train", "x_test", "y_test"))
     return out
@@ -237,7 +238,6 @@ def test_too_few_images_per_class(tasks):
 
 def test_offline_without_data_dir_real_torchvision(tmp_path, monkeypatch):
     """No RECON_DATA_DIR, empty cache and download=False: torchvision finds nothing."""
-    pytest.importorskip("torchvision")
     monkeypatch.delenv("RECON_DATA_DIR", raising=False)
     with pytest.raises(DataUnavailableError) as info:
         load_task("mnist", cache_dir=tmp_path, download=False)
@@ -247,7 +247,7 @@ def test_offline_without_data_dir_real_torchvision(tmp_path, monkeypatch):
 
 def test_offline_download_failure(tmp_path, monkeypatch):
     """download=True but no network (simulated, so the test never hangs or downloads)."""
-    datasets = pytest.importorskip("torchvision.datasets")
+    import torchvision.datasets as datasets
     calls = []
 
     def no_network(root, train=True, download=False, **kwargs):
@@ -267,7 +267,7 @@ def test_offline_download_failure(tmp_path, monkeypatch):
 
 def test_torchvision_path(tmp_path, monkeypatch, raw):
     """The torchvision route reads `.data` / `.targets` (MNIST: tensors, CIFAR: arrays)."""
-    datasets = pytest.importorskip("torchvision.datasets")
+    import torchvision.datasets as datasets
     x_tr, y_tr, x_te, y_te = raw["mnist"]
 
     class FakeMNIST:
