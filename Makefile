@@ -14,6 +14,9 @@ venv: $(STAMP)
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet -r requirements.txt
+	@# the distribution was called `recon` before it became `recon-book`: drop the old name,
+	@# whose uninstall would otherwise take the shared `recon` script with it later
+	$(BIN)/python -m pip uninstall --quiet --yes recon 2>/dev/null || true
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 

@@ -15,7 +15,6 @@ from recon.models import MLP
 from recon.reconstruct import (
     ReconConfig,
     balanced_labels,
-    first_layer_basis,
     reconstruct,
     stationarity_loss,
 )
@@ -272,7 +271,6 @@ def test_random_starts_recover_real_ten_class_digits(ten_class_mnist):
     every, control = int((train_ev.ncc > 0.9).sum()), int((test_ev.ncc > 0.9).sum())
     print(f"all wrong classes: {every} training digits at NCC > 0.9, {control} test")
     assert every >= 25 and every > found and control <= 2, (every, found, control)
-    assert first_layer_basis(res.model, cfg.subspace_tol).shape[1] <= 400
 
 
 def test_the_command_line_takes_the_ten_class_task(tmp_path, data_dir, monkeypatch, capsys):

@@ -22,7 +22,7 @@ def test_reproduce_writes_card_and_figures_and_resumes(tmp_path, data_dir, monke
     assert card["task"] == {"name": "mnist", "n_per_class": 3, "n": 6, "n_test": 1000,
                             "source": card["task"]["source"]}
     assert card["train"]["epochs_done"] == 200
-    assert 0 <= card["train"]["test_accuracy"] <= 1
+    assert card["train"]["test_accuracy"] == pytest.approx(1 - card["train"]["test_error"])
     assert card["sweep"]["states"] == {"COMPLETE": 2}
     # the first trial is the profile's recipe, not a sampled point
     assert card["config"]["recon_base"]["n_candidates"] == 12
@@ -38,7 +38,7 @@ def test_reproduce_writes_card_and_figures_and_resumes(tmp_path, data_dir, monke
     assert set(pool) == {"paper", "one_to_one"} and "ncc>0.9" in pool["one_to_one"]
     # the held-out control: the pooled candidates matched to 6 test images instead
     control = card["pool"]["test_control"]
-    assert set(control) == set(pool["one_to_one"]) and control["ssim>0.3"] <= 6
+    assert set(control) == set(pool["one_to_one"])
     # weights-only by default; every trial pooled here, so nothing was chosen
     assert card["config"]["sweep"]["objective"] == "kkt"
     assert card["selection"] == "none (every trial pooled)"
