@@ -1,34 +1,36 @@
 """Reconstruction steps and training epochs per second against code written the paper's way.
 
 For each trained n = 500 model given (a run directory of ``python -m recon train`` or
-``python -m recon reproduce``: ``model.pt`` + ``run.json`` or ``card.json``), in one run on
-one machine, each case in a fresh subprocess (so its peak memory is its own):
+``python -m recon reproduce``, read by :func:`recon.rundir.load_run`), in one run on one
+machine, each case in a fresh subprocess (so its peak memory is its own), every process with
+the same allocator setting (:func:`recon.hardware.keep_freed_memory`):
 
-* **reconstruction**, m = 2n = 1000 candidates, the paper's shapes:
-  - ``ours``: :func:`recon.reconstruct` with the library's default settings (row space of the
-    trained first layer, ``matmul="auto"``), and with ``matmul="full"`` for comparison;
-  - ``reference``: the stationarity loss written the way the paper's code writes it: a custom
-    autograd ReLU whose backward is ``sigmoid(alpha z)``, ``torch.autograd.grad(...,
-    create_graph=True)`` over the parameters, ``loss.backward()``, SGD with momentum on the
-    candidates and the multipliers, in float64 (the paper's default) and float32;
-* **training**, full batch on the n = 500 training images:
-  - ``ours``: :func:`recon.train.train` with its default precision (``matmul="auto"``) and
-    with ``matmul="full"``, float32 weights;
-  - ``reference``: a plain PyTorch loop (``nn.Sequential``, ``BCEWithLogitsLoss``, SGD) in
-    float64 and float32.
+* **reconstruction**, m = 2n = 1000 candidates, the paper's shapes, one row per case:
+  - the library's default (:class:`recon.reconstruct.ReconConfig`: row space at cut-off
+    3e-5, ``matmul="auto"``);
+  - the full profile's cut-off, 1e-2 (a smaller row space);
+  - no row space: candidates in pixel space, the same optimisation problem as the paper's,
+    at ``matmul="auto"`` and in full precision (the like-for-like row against the float32
+    reference: only the hand-written gradient differs);
+  - each against the **reference**: the stationarity loss written the way the paper's code
+    writes it (a custom autograd ReLU whose backward is ``sigmoid(alpha z)``,
+    ``torch.autograd.grad(..., create_graph=True)`` over the parameters, ``loss.backward()``,
+    SGD with momentum), in float64 (the paper's default) and float32;
+* **training**, full batch on the n = 500 training images: :func:`recon.train.train` at its
+  default precision and at ``matmul="auto"``, float32 weights, against a plain PyTorch loop
+  (``nn.Sequential``, ``BCEWithLogitsLoss``, SGD) in float64 and float32.
 
-A step's time is the steady-state time: the difference between a run of ``2 + S`` steps and a
-run of 2 steps, divided by S (so one-off set-up such as the row-space basis is not counted),
-best of ``--repeat`` tries. Results go to ``results/benchmarks/reconstruct_speed.json``: a
-list of rows, each with ``stage`` ("reconstruct" or "train"), ``task``, ``device``,
-``precision``, ``rank``, ours and the two references (seconds per step, or epochs per
-second), the ratios, peak memory, and provenance.
+Every row names the precision that actually ran (what ``"auto"`` became here) and the CPU (model
+name, AMX / AVX-512 BF16), since both decide the ratios. A step's time is the steady-state
+time: the difference between a run of ``2 + S`` steps and a run of 2 steps, divided by S (so
+one-off set-up such as the row-space basis is not counted), best of ``--repeat`` tries.
+Results go to ``results/benchmarks/reconstruct_speed.json`` (rows of other tasks or CPUs
+measured at the same revision are kept).
 
-    python -m recon train --task cifar10 --n-per-class 250 --epochs 6000 --lr 0.1 \\
-        --weight-decay 0.01 --dtype float32 --run runs/cifar10-n500
-    python -m recon train --task mnist --n-per-class 250 --epochs 6000 --lr 0.1 \\
-        --weight-decay 0.01 --dtype float32 --run runs/mnist-n500
-    python benchmarks/reconstruct_speed.py runs/cifar10-n500 runs/mnist-n500
+    python -m recon reproduce mnist --profile full      # or `python -m recon train ...`
+    python -m recon reproduce cifar10 --profile full
+    python benchmarks/reconstruct_speed.py results/reproduce/mnist-full-n500 \
+        results/reproduce/cifar10-full-n500
 
 Timings on a shared machine are noisy: compare the ratios of one run, on an idle machine.
 """
@@ -79,36 +81,37 @@ def _steady(run, steps: int, repeat: int, device: str) -> float:
 
 
 def _load(run_dir: Path, device: str):
-    from recon.data import load_task
-    from recon.train import load_checkpoint
+    """The task as trained and the model of a run directory, through :mod:`recon.rundir`;
+    the process keeps freed memory for reuse (:func:`recon.hardware.keep_freed_memory`) on
+    every case, ours and the references alike."""
+    from recon.hardware import keep_freed_memory
+    from recon.rundir import load_run
 
-    card = {}
-    for name in ("card.json", "run.json"):
-        if (run_dir / name).is_file():
-            card = json.loads((run_dir / name).read_text())
-            break
-    t = card.get("task")
-    if not t or not (run_dir / "model.pt").is_file():
-        raise SystemExit(f"error: {run_dir} needs model.pt and run.json or card.json (train it "
-                         "with `python -m recon train ... --run DIR`, see --help)")
-    task = load_task(t["name"], t["n_per_class"])
-    trained, _ = load_checkpoint(run_dir / "model.pt")
-    return task, trained
+    keep_freed_memory()
+    try:
+        run = load_run(run_dir)
+    except FileNotFoundError as e:
+        raise SystemExit(f"error: {e} (see --help)") from None
+    return run.task, run.trained
 
 
 # ------------------------------------------------------------------- reconstruction cases
 
 
-def recon_ours(run_dir, device, steps, repeat, matmul):
+def recon_ours(run_dir, device, steps, repeat, setting):
+    """``setting``: ``(matmul, subspace_tol)``; ``subspace_tol`` None is the default's."""
     import torch
 
     from recon.reconstruct import ReconConfig, reconstruct
 
+    matmul, tol = setting
     task, trained = _load(run_dir, device)
     model = trained.model.to(device, torch.float32)
+    extra = {} if tol is None else {"subspace_tol": tol}
 
     def run(k):
-        cfg = ReconConfig(n_candidates=2 * task.n, steps=k, matmul=matmul, log_every=10**9)
+        cfg = ReconConfig(n_candidates=2 * task.n, steps=k, matmul=matmul, log_every=10**9,
+                          **extra)
         reconstruct(model, cfg, mean=task.mean, device=device, progress=False)
 
     return _steady(run, steps, repeat, device)
@@ -180,6 +183,7 @@ def recon_reference(run_dir, device, steps, repeat, dtype):
 
 
 def train_ours(run_dir, device, steps, repeat, matmul):
+    """Training at ``matmul`` (None: :class:`recon.train.TrainConfig`'s default)."""
     import torch
 
     from recon.models import MLP
@@ -189,8 +193,8 @@ def train_ours(run_dir, device, steps, repeat, matmul):
     model = MLP(task.image_shape).to(device, torch.float32)
 
     def run(k):
-        cfg = TrainConfig(lr=0.1, weight_decay=1e-2, epochs=k, dtype="float32", matmul=matmul,
-                          log_every=10**9)
+        cfg = TrainConfig(lr=0.1, weight_decay=1e-2, epochs=k, dtype="float32",
+                          log_every=10**9, **({} if matmul is None else {"matmul": matmul}))
         train(model, task.x_train, task.y_train, cfg, progress=False)
 
     return 1 / _steady(run, steps, repeat, device)
@@ -220,10 +224,22 @@ def train_reference(run_dir, device, steps, repeat, dtype):
     return 1 / _steady(run, steps, repeat, device)
 
 
+#: reconstruction rows: (case, what it is, (matmul, subspace_tol)); None: the default's
+RECON_ROWS = [
+    ("recon_default", "default (row space, cut-off 3e-5)", ("auto", None)),
+    ("recon_full_profile", "full profile's cut-off (1e-2)", ("auto", 1e-2)),
+    ("recon_pixels", "no row space: the paper's problem", ("auto", 0.0)),
+    ("recon_pixels_full", "no row space, full precision", ("full", 0.0)),
+]
+#: training rows: (case, what it is, matmul)
+TRAIN_ROWS = [
+    ("train_default", "default precision", None),
+    ("train_auto", "matmul auto", "auto"),
+]
 CASES = {
-    "recon_ours": (recon_ours, "auto"), "recon_ours_full": (recon_ours, "full"),
+    **{case: (recon_ours, setting) for case, _, setting in RECON_ROWS},
+    **{case: (train_ours, matmul) for case, _, matmul in TRAIN_ROWS},
     "recon_ref_f64": (recon_reference, "float64"), "recon_ref_f32": (recon_reference, "float32"),
-    "train_ours": (train_ours, "auto"), "train_ours_full": (train_ours, "full"),
     "train_ref_f64": (train_reference, "float64"), "train_ref_f32": (train_reference, "float32"),
 }
 
@@ -269,51 +285,54 @@ def main(argv=None) -> None:
     from recon.hardware import resolve_precision
     from recon.provenance import provenance
     from recon.reconstruct import ReconConfig, first_layer_basis
+    from recon.train import TrainConfig
 
     rows = []
     for run in a.runs:
         task, trained = _load(run, a.device)
-        rank = int(first_layer_basis(trained.model, ReconConfig().subspace_tol).shape[1])
-        auto = resolve_precision("auto", a.device)
-        print(f"{run} ({task.name}, n = {task.n}, rank {rank}, {a.device}, auto = {auto})")
+        print(f"{run} ({task.name}, n = {task.n}, {a.device})")
         r = {case: _measure(case, run, a) for case in CASES}
         prov = provenance(torch.device(a.device))
-        common = {"task": task.name, "n": task.n, "device": a.device,
-                  "threads": r["recon_ours"]["threads"], "run": str(run)}
-        for variant, precision in (("", auto), ("_full", "full")):
-            ours = r[f"recon_ours{variant}"]["value"]
+        common = {"task": task.name, "n": task.n, "device": a.device, "cpu": prov["cpu"],
+                  "threads": r["recon_default"]["threads"], "run": str(run)}
+        ref = {k: r[f"recon_ref_{k}"] for k in ("f64", "f32")}
+        for case, what, (matmul, tol) in RECON_ROWS:
+            tol = ReconConfig().subspace_tol if tol is None else tol
+            rank = (int(first_layer_basis(trained.model, tol).shape[1]) if tol > 0 else None)
+            ours = r[case]["value"]
             rows.append({
-                "stage": "reconstruct", **common, "precision": precision, "rank": rank,
-                "m": 2 * task.n, "ours_s_per_step": ours,
-                "reference_f64_s_per_step": r["recon_ref_f64"]["value"],
-                "reference_f32_s_per_step": r["recon_ref_f32"]["value"],
-                "ratio_f64": r["recon_ref_f64"]["value"] / ours,
-                "ratio_f32": r["recon_ref_f32"]["value"] / ours,
-                "peak_mib": {"ours": r[f"recon_ours{variant}"]["peak_mib"],
-                             "reference_f64": r["recon_ref_f64"]["peak_mib"],
-                             "reference_f32": r["recon_ref_f32"]["peak_mib"]},
+                "stage": "reconstruct", "case": what, **common,
+                "precision": resolve_precision(matmul, a.device), "subspace_tol": tol,
+                "rank": rank, "m": 2 * task.n, "ours_s_per_step": ours,
+                "reference_f64_s_per_step": ref["f64"]["value"],
+                "reference_f32_s_per_step": ref["f32"]["value"],
+                "ratio_f64": ref["f64"]["value"] / ours, "ratio_f32": ref["f32"]["value"] / ours,
+                "peak_mib": {"ours": r[case]["peak_mib"], "reference_f64": ref["f64"]["peak_mib"],
+                             "reference_f32": ref["f32"]["peak_mib"]},
                 "provenance": prov})
-        for variant, precision in (("", auto), ("_full", "full")):
-            ours = r[f"train_ours{variant}"]["value"]
+        ref = {k: r[f"train_ref_{k}"] for k in ("f64", "f32")}
+        for case, what, matmul in TRAIN_ROWS:
+            ours = r[case]["value"]
             rows.append({
-                "stage": "train", **common, "precision": precision, "rank": None,
-                "ours_epochs_per_s": ours,
-                "reference_f64_epochs_per_s": r["train_ref_f64"]["value"],
-                "reference_f32_epochs_per_s": r["train_ref_f32"]["value"],
-                "ratio_f64": ours / r["train_ref_f64"]["value"],
-                "ratio_f32": ours / r["train_ref_f32"]["value"],
-                "peak_mib": {"ours": r[f"train_ours{variant}"]["peak_mib"],
-                             "reference_f64": r["train_ref_f64"]["peak_mib"],
-                             "reference_f32": r["train_ref_f32"]["peak_mib"]},
+                "stage": "train", "case": what, **common,
+                "precision": resolve_precision(matmul or TrainConfig().matmul, a.device),
+                "subspace_tol": None, "rank": None, "ours_epochs_per_s": ours,
+                "reference_f64_epochs_per_s": ref["f64"]["value"],
+                "reference_f32_epochs_per_s": ref["f32"]["value"],
+                "ratio_f64": ours / ref["f64"]["value"], "ratio_f32": ours / ref["f32"]["value"],
+                "peak_mib": {"ours": r[case]["peak_mib"], "reference_f64": ref["f64"]["peak_mib"],
+                             "reference_f32": ref["f32"]["peak_mib"]},
                 "provenance": prov})
-        for row in rows[-4:]:
+        for row in rows[-len(RECON_ROWS) - len(TRAIN_ROWS):]:
             unit = "s/step" if row["stage"] == "reconstruct" else "epochs/s"
-            print(f"  {row['stage']:11s} {row['precision']:8s} ratio vs f64 "
+            print(f"  {row['stage']:11s} {row['case']:36s} {row['precision']:8s} ratio vs f64 "
                   f"{row['ratio_f64']:5.1f}, vs f32 {row['ratio_f32']:5.1f} ({unit})")
     out = Path(a.out)
-    if out.is_file():  # keep rows of other tasks / devices measured earlier
+    if out.is_file():  # keep rows of other tasks, devices or CPUs measured at this revision
+        here = {(x["task"], x["device"], x["cpu"]["model"]) for x in rows}
         keep = [r for r in json.loads(out.read_text())
-                if (r["task"], r["device"]) not in {(x["task"], x["device"]) for x in rows}]
+                if r.get("cpu") and r["provenance"]["git_revision"] == rows[0]["provenance"][
+                    "git_revision"] and (r["task"], r["device"], r["cpu"]["model"]) not in here]
         rows = keep + rows
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")

@@ -59,18 +59,18 @@ def _write_card(run: Path, card: dict) -> None:
     atomic_write_json(card, run / "run.json", indent=2)
 
 
-def _task_from_card(card: dict, run: Path):
-    from .rundir import run_task
+def _load_run(run: Path):
+    """The run directory through :func:`recon.rundir.load_run`: its card, the task as trained
+    and the model (its errors reach :func:`main`, which prints them)."""
+    from .rundir import load_run
 
-    try:
-        return run_task(card, run)
-    except FileNotFoundError as e:
-        raise SystemExit(f"error: {e}") from e
+    return load_run(run)
 
 
 def cmd_train(args) -> None:
     from .data import load_task
     from .kkt import kkt_diagnostic
+    from .rundir import task_card
     from .train import TrainConfig, train_task
 
     run = Path(args.run)
@@ -89,9 +89,7 @@ def cmd_train(args) -> None:
     card = _read_card(run)
     card.update(
         device=args.device,
-        task={"name": task.name, "n_per_class": args.n_per_class,
-              "n_test_per_class": args.n_test_per_class, "n": task.n, "source": task.source_kind,
-              **({"skip_per_class": args.skip_per_class} if args.skip_per_class else {})},
+        task=task_card(task, skip_per_class=args.skip_per_class),
         train={"config": config.to_dict(), "epochs_done": res.epoch, "wall_time_s": res.wall_time,
                "final": res.final()},
         kkt={k: v for k, v in diag.to_dict().items() if k not in ("lam", "margin")},
@@ -105,12 +103,10 @@ def cmd_train(args) -> None:
 
 def cmd_reconstruct(args) -> None:
     from .reconstruct import ReconConfig, reconstruct
-    from .train import load_checkpoint
 
     run = Path(args.run)
-    card = _read_card(run)
-    task = _task_from_card(card, run)
-    trained, _ = load_checkpoint(run / "model.pt")
+    loaded = _load_run(run)
+    card, task, trained = loaded.card, loaded.task, loaded.trained
     base = ReconConfig.paper() if args.preset == "paper" else ReconConfig()
     overrides = {k: v for k, v in {
         "n_candidates": args.candidates or 2 * task.n, "steps": args.steps, "lr_x": args.lr_x,
@@ -142,17 +138,15 @@ def cmd_evaluate(args) -> None:
     from .evaluate import evaluate_both, first_layer_candidates
     from .plots import plot_pairs, set_style
     from .reconstruct import load_reconstruction
-    from .train import load_checkpoint
 
     run = Path(args.run)
-    card = _read_card(run)
-    task = _task_from_card(card, run)
+    loaded = _load_run(run)
+    card, task, trained = loaded.card, loaded.task, loaded.trained
     if not (run / "reconstruction.pt").is_file():
         raise SystemExit(f"error: no reconstruction in {run}; run `python -m recon reconstruct "
                          f"--run {run}` first")
     rec, _ = load_reconstruction(run / "reconstruction.pt")
     evs = evaluate_both(rec.x, task.x_train, task.mean)
-    trained, _ = load_checkpoint(run / "model.pt")
     w = trained.model.layers[0].weight.detach().float()
     base = evaluate_both(first_layer_candidates(w, task.image_shape,
                                                 max_abs=float(task.x_train.abs().max())),
@@ -183,8 +177,8 @@ def cmd_sweep(args) -> None:
     from .sweep import pool_trials, run_study, search_space
 
     run = Path(args.run)
-    card = _read_card(run)
-    task = _task_from_card(card, run)
+    loaded = _load_run(run)
+    card, task = loaded.card, loaded.task
     if args.threads:
         torch.set_num_threads(args.threads)
     base = ReconConfig.paper() if args.preset == "paper" else ReconConfig()

@@ -232,6 +232,7 @@ def reproduce(
     from .pipeline import settings
     from .provenance import provenance
     from .reconstruct import ReconConfig
+    from .rundir import task_card
     from .sweep import objective_name, pool_trials, run_study, search_space
     from .train import train_task
 
@@ -298,11 +299,8 @@ def reproduce(
                      "wall_time_s": res.wall_time}
     wall["train"] = res.wall_time
     # run.json lets the sweep find the task (the format `python -m recon train` writes)
-    run_json = {"task": {"name": data.name, "n_per_class": npc,
-                         "n_test_per_class": data.n_test // max(2, data.n_outputs),
-                         "n": data.n,
-                         "source": data.source_kind, "label_noise": label_noise,
-                         "label_noise_seed": tcfg.seed}, "device": dev}
+    run_json = {"task": task_card(data, label_noise=label_noise, label_noise_seed=tcfg.seed),
+                "device": dev}
     atomic_write_json(run_json, out / "run.json")
     save()
 
