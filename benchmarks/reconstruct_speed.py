@@ -27,10 +27,14 @@ one-off set-up such as the row-space basis is not counted), best of ``--repeat``
 Results go to ``results/benchmarks/reconstruct_speed.json`` (rows of other tasks or CPUs
 measured at the same revision are kept).
 
-    python -m recon reproduce mnist --profile full      # or `python -m recon train ...`
-    python -m recon reproduce cifar10 --profile full
-    python benchmarks/reconstruct_speed.py results/reproduce/mnist-full-n500 \
-        results/reproduce/cifar10-full-n500
+    python -m recon train --task cifar10 --n-per-class 250 --epochs 6000 --lr 0.1 \\
+        --weight-decay 0.01 --dtype float32 --run runs/cifar10-n500
+    python -m recon train --task mnist --n-per-class 250 --epochs 6000 --lr 0.1 \\
+        --weight-decay 0.01 --dtype float32 --run runs/mnist-n500
+    python benchmarks/reconstruct_speed.py runs/cifar10-n500 runs/mnist-n500
+
+(the full profile's training recipe; the model of a ``reproduce --profile full`` directory
+works as well).
 
 Timings on a shared machine are noisy: compare the ratios of one run, on an idle machine.
 """
