@@ -1,6 +1,7 @@
-"""The kernel-free explorer in a real browser (headless Chromium driven by Playwright).
+"""The built book in a real browser (headless Chromium driven by Playwright): the kernel-free
+explorer, and the formulas of every chapter.
 
-Two tests, both marked ``browser``:
+Tests, all marked ``browser``:
 
 - a standalone page built from small synthetic items: every control, checked against
   :func:`recon.widgets.filter_items` (seconds, no book needed);
@@ -8,7 +9,14 @@ Two tests, both marked ``browser``:
   served on localhost as a reader gets it, with every request off localhost blocked: the
   explorer renders, moving the slider and the dropdowns changes the image and numbers, the
   console stays clean, no widget manager is loaded and no blank ipywidget is left on the page.
-  Screenshots before and after moving the slider go to ``_build/browser/``.
+  Screenshots before and after moving the slider go to ``_build/browser/``;
+- the formulas of the built book: every page of ``_toc.yml`` served on localhost with every
+  request off localhost blocked, MathJax (served with the book, ``_ext/local_mathjax.py``)
+  must finish typesetting with every formula rendered, no TeX error, no undefined macro, no
+  raw LaTeX left in the text, and no request off localhost (:func:`_math_problems`). A
+  screenshot of a formula with the book's ``\\R`` macro goes to ``_build/browser/``;
+- the same check on small pages with a broken formula, an undefined macro, dollar math left
+  as text and MathJax from a CDN, each of which it must report (seconds, no book needed).
 
 Skipped only where Chromium (or Playwright) is missing *and* the ``CI`` variable is unset;
 in CI a missing browser fails. The browser is Debian's ``chromium`` (``RECON_CHROMIUM``
@@ -28,6 +36,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from recon.evaluate import evaluate
 from recon.html_explorer import VERSION, explorer_page
@@ -95,13 +104,15 @@ class _Page:
 
         self.context.route("**/*", route)
         self.page = self.context.new_page()
+        self.seen: list[str] = []  # every request the page made (Playwright's request events)
+        self.page.on("request", lambda r: self.seen.append(r.url))
         self.page.on("pageerror", lambda e: self.errors.append(f"page error: {e}"))
         self.page.on("console", lambda m: self.errors.append(
             f"console {m.type}: {m.text} @ {m.location.get('url')}")
             if m.type in ("error", "warning") else None)
 
     def local_errors(self) -> list[str]:
-        """Errors not caused by blocking an off-site resource (e.g. MathJax's CDN)."""
+        """Errors not caused by blocking an off-site resource."""
         return [e for e in self.errors
                 if not ("ERR_FAILED" in e or "net::" in e) or "127.0.0.1" in e]
 
@@ -313,3 +324,251 @@ def test_book_explorer_page_works_without_a_kernel(browser, page):
             + "\n")
     finally:
         server.shutdown()
+
+
+# ---------------------------------------------------------------------------------------------
+# Formulas: MathJax must typeset every one, from the book's own files
+# ---------------------------------------------------------------------------------------------
+# Pages that must hold formulas (the rest are checked too, if they have any)
+MATH_PAGES = ("book/01_implicit_bias.html", "book/02_training.html",
+              "book/03_reconstruction.html")
+MACRO_PAGE = "book/02_training.html"  # uses the book's macro \R (_config.yml: mathjax3_config)
+
+# MathJax's state and what a reader sees, after typesetting. ``.math``: the elements Sphinx
+# writes around each formula (``\(..\)`` / ``\[..\]``); MathJax 3 puts an ``mjx-container`` in
+# each it typesets. MathJax's own record of each formula (serialized to MathML) tells TeX
+# errors (``merror``) and undefined macros (the ``noundefined`` extension shows them as red
+# ``mtext``, not as an error). Raw LaTeX: text outside code and outside typeset math that
+# still holds TeX delimiters or dollar math.
+_MATH_STATE = r"""() => {
+    const mj = window.MathJax;
+    const maths = [...document.querySelectorAll('.math')];
+    const out = {
+        version: (mj && mj.version) || null,
+        scripts: [...document.scripts].map(s => s.src).filter(s => /mathjax/i.test(s)),
+        formulas: maths.length,
+        rendered: document.querySelectorAll('mjx-container').length,
+        untypeset: maths.filter(e => !e.querySelector('mjx-container'))
+                        .map(e => e.textContent.trim().slice(0, 100)),
+        errors: [...document.querySelectorAll('mjx-merror, merror, [data-mjx-error]')]
+                    .map(e => 'TeX error: ' + (e.getAttribute('data-mjx-error')
+                                               || e.textContent).slice(0, 100)),
+        macros: [],
+        raw: [],
+    };
+    if (mj && mj.startup && mj.startup.document && mj.startup.toMML) {
+        for (const item of mj.startup.document.math) {
+            const mml = mj.startup.toMML(item.root);
+            const tex = item.math.trim().slice(0, 100);
+            if (/<merror/.test(mml)) out.errors.push('TeX error in ' + tex);
+            const bad = mml.match(/<mtext[^>]*mathcolor="red"[^>]*>(\\[^<]*)<\/mtext>/);
+            if (bad) out.errors.push('undefined macro ' + bad[1] + ' in ' + tex);
+            if (/\\R(?![A-Za-z])/.test(item.math)) out.macros.push({tex, mml});
+        }
+    }
+    const skip = 'script, style, pre, code, textarea, kbd, samp, .highlight, mjx-container';
+    const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT, {
+        acceptNode: n => n.parentElement && n.parentElement.closest(skip)
+            ? NodeFilter.FILTER_REJECT : NodeFilter.FILTER_ACCEPT});
+    const latex = /\\\(|\\\)|\\\[|\\\]|\$\$|\\begin\{|\$[^$\n]*[\\^_{}=][^$\n]*\$/;
+    for (let n = walker.nextNode(); n; n = walker.nextNode()) {
+        const text = n.textContent;
+        const m = text.match(latex);
+        if (m) out.raw.push(text.slice(Math.max(0, m.index - 30), m.index + 60).trim());
+    }
+    out.errors = [...new Set(out.errors)];
+    return out;
+}"""
+
+
+def _local(url: str) -> bool:
+    return url.startswith(("http://127.0.0.1", "http://localhost", "data:", "about:", "blob:"))
+
+
+def _math_problems(page: _Page, timeout_ms: int = 30_000) -> tuple[list[str], dict]:
+    """What is wrong with the formulas of the page loaded in ``page`` (an empty list when
+    every formula rendered), and the state measured (:data:`_MATH_STATE`).
+
+    Waits until MathJax has typeset the page (``MathJax.startup.promise``) and its fonts have
+    loaded. Reported: MathJax missing or not finished within ``timeout_ms``, a formula left
+    untypeset, a TeX error, an undefined macro, raw LaTeX in the text, a request off
+    localhost."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    pg = page.page
+    problems = []
+    has_math = pg.evaluate("() => document.querySelectorAll('.math').length > 0")
+    if has_math:
+        try:
+            pg.wait_for_function("() => !!(window.MathJax && window.MathJax.startup && "
+                                 "window.MathJax.startup.promise)", timeout=timeout_ms)
+            pg.evaluate("() => window.MathJax.startup.promise.then(() => document.fonts.ready)"
+                        ".then(() => true)")
+        except PlaywrightTimeout:
+            problems.append(f"MathJax did not load within {timeout_ms / 1000:g} s "
+                            f"(browser errors: {page.errors})")
+    state = pg.evaluate(_MATH_STATE)
+    if state["untypeset"]:
+        problems.append(f"{len(state['untypeset'])} of {state['formulas']} formulas not "
+                        f"typeset, e.g. {state['untypeset'][:3]}")
+    problems += state["errors"]
+    problems += [f"raw LaTeX in the text: {t!r}" for t in state["raw"]]
+    off_site = sorted({u for u in page.seen + page.requests if not _local(u)})
+    if off_site:
+        problems.append(f"requests off localhost: {off_site}")
+    return problems, state
+
+
+def _toc_pages() -> list[str]:
+    """Every page of the book, as paths under _build/html (from _toc.yml)."""
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text(encoding="utf-8"))
+    files = [toc["root"]] + [c["file"] for part in toc.get("parts", [])
+                             for c in part.get("chapters", [])]
+    return [re.sub(r"\.(ipynb|md)$", "", f) + ".html" for f in files]
+
+
+def test_book_formulas_render_offline(browser):
+    missing = [p for p in _toc_pages() if not (HTML_DIR / p).is_file()]
+    if missing:
+        pytest.fail(f"{missing} missing: build the book first (`make book`; `make test` does)")
+    assert set(MATH_PAGES) <= set(_toc_pages())
+    ARTEFACTS.mkdir(parents=True, exist_ok=True)
+    server = _serve(HTML_DIR)
+    found, counts = {}, {}
+    try:
+        for rel in _toc_pages():
+            p = _Page(browser)
+            try:
+                p.page.goto(f"http://127.0.0.1:{server.server_port}/{rel}", wait_until="load")
+                problems, state = _math_problems(p)
+                counts[rel] = (state["formulas"], state["rendered"], state["version"])
+                if state["formulas"]:  # MathJax from the book's _static, MathJax 3
+                    if not all(s.startswith(f"http://127.0.0.1:{server.server_port}/_static/"
+                                            "mathjax/") for s in state["scripts"]):
+                        problems.append(f"MathJax not from _static/mathjax: {state['scripts']}")
+                    if not (state["version"] or "").startswith("3."):
+                        problems.append(f"MathJax {state['version']}, expected 3.x")
+                if rel in MATH_PAGES and not (state["formulas"] and state["rendered"]):
+                    problems.append(f"no formula rendered ({state['formulas']} in the page)")
+                if rel == MACRO_PAGE:
+                    if not state["macros"]:
+                        problems.append("no formula with \\R found")
+                    for m in state["macros"]:
+                        if 'mathvariant="double-struck"' not in m["mml"]:
+                            problems.append(f"\\R is not a double-struck R in {m['tex']!r}")
+                    _screenshot_macro(p.page, ARTEFACTS / "math_02_training.png")
+                if problems:
+                    found[rel] = problems
+            finally:
+                p.close()
+    finally:
+        server.shutdown()
+    (ARTEFACTS / "math.txt").write_text("page: formulas, typeset, MathJax version\n" + "\n".join(
+        f"{rel}: {f} {r} {v}" for rel, (f, r, v) in counts.items()) + "\n")
+    assert found == {}, found
+
+
+def _screenshot_macro(pg, path: Path) -> None:
+    """A screenshot of the paragraph around the first formula that uses ``\\R``."""
+    ok = pg.evaluate(r"""() => {
+        const item = [...MathJax.startup.document.math].find(i => /\\R(?![A-Za-z])/.test(i.math));
+        if (!item || !item.typesetRoot) return false;
+        const block = item.typesetRoot.closest('p, li, div.math, dd') || item.typesetRoot;
+        block.setAttribute('data-recon-shot', '1');
+        return true;
+    }""")
+    if ok:
+        target = pg.locator("[data-recon-shot]")
+        target.scroll_into_view_if_needed()
+        target.screenshot(path=str(path))
+
+
+# The failure path: the same check on small pages, each with one thing wrong
+
+def _book_mathjax_config() -> dict:
+    """The book's MathJax configuration, as the built pages get it (_config.yml, plus the
+    classes myst-parser restricts MathJax to)."""
+    config = yaml.safe_load((ROOT / "_config.yml").read_text(encoding="utf-8"))
+    mj = json.loads(json.dumps(config["sphinx"]["config"]["mathjax3_config"]))
+    mj.setdefault("options", {})["processHtmlClass"] = (
+        "tex2jax_process|mathjax_process|math|output_area")
+    return mj
+
+
+def _math_page(body: str, src: str = "_static/mathjax/tex-mml-chtml.js") -> str:
+    """A page laid out as Sphinx and myst-parser write one: MathJax's configuration, MathJax
+    deferred, the content in a section MathJax ignores except for ``.math`` elements."""
+    return (f'<!doctype html><html><head><meta charset="utf-8"><title>t</title>'
+            f"<script>window.MathJax = {json.dumps(_book_mathjax_config())}</script>"
+            f'<script defer src="{src}"></script></head><body>'
+            f'<section class="tex2jax_ignore mathjax_ignore">{body}</section></body></html>')
+
+
+def _inline(tex: str) -> str:
+    return f'<span class="math notranslate nohighlight">\\({tex}\\)</span>'
+
+
+GOOD = ("<p>A point " + _inline(r"x_i \in \R^D") + " with margin "
+        + _inline(r"y_i \Phi(\theta; x_i) \ge 1") + ".</p>"
+        + r'<div class="math notranslate nohighlight">\[\theta = \sum_{i=1}^n \lambda_i y_i '
+        + r"\nabla_\theta \Phi(\theta; x_i)\]</div>"
+        + "<pre>costs $x^2$ in code: not math</pre>")
+
+# case: (page body, what the check must say)
+BROKEN = {
+    "a formula with a TeX error": ("<p>" + _inline(r"x^2^3") + "</p>", "TeX error"),
+    "a formula with an unclosed brace": ("<p>" + _inline(r"\frac{1}{2") + "</p>",
+                                         "not typeset"),
+    "an undefined macro": ("<p>" + _inline(r"x \in \Reals^D") + "</p>",
+                           r"undefined macro \Reals"),
+    "dollar math left as text": (r"<p>the margin $y_i f(x_i) \ge 1$ holds</p>",
+                                 "raw LaTeX in the text"),
+    "MathJax from a CDN": (GOOD, "MathJax did not load"),
+    "no MathJax at all": (GOOD, "not typeset"),
+}
+SOURCES = {"MathJax from a CDN": "https://cdn.jsdelivr.net/npm/mathjax@3/es5/tex-mml-chtml.js",
+           "no MathJax at all": "_static/mathjax/missing.js"}
+
+
+@pytest.fixture(scope="module")
+def math_site(tmp_path_factory):
+    """A folder served on localhost with MathJax copied in as the book build copies it
+    (``_ext/local_mathjax.py``), one page per case."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("local_mathjax",
+                                                  ROOT / "_ext" / "local_mathjax.py")
+    local_mathjax = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(local_mathjax)
+    site = tmp_path_factory.mktemp("math")
+    try:
+        local_mathjax.copy_mathjax(site)
+    except RuntimeError as e:
+        pytest.fail(str(e))
+    (site / "good.html").write_text(_math_page(GOOD), encoding="utf-8")
+    for i, (body, _) in enumerate(BROKEN.values()):
+        src = SOURCES.get(list(BROKEN)[i], "_static/mathjax/tex-mml-chtml.js")
+        (site / f"broken{i}.html").write_text(_math_page(body, src), encoding="utf-8")
+    server = _serve(site)
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+
+
+def test_math_check_passes_a_page_that_renders(page, math_site):
+    page.page.goto(f"{math_site}/good.html", wait_until="load")
+    problems, state = _math_problems(page)
+    assert problems == [], problems
+    assert state["formulas"] == state["rendered"] == 3 and state["version"].startswith("3.")
+    assert 'mathvariant="double-struck"' in state["macros"][0]["mml"]  # the book's \R
+    assert page.blocked == [] and page.errors == []
+
+
+@pytest.mark.parametrize("case", list(BROKEN))
+def test_math_check_reports_a_formula_that_does_not_render(page, math_site, case):
+    i = list(BROKEN).index(case)
+    page.page.goto(f"{math_site}/broken{i}.html", wait_until="load")
+    problems, _ = _math_problems(page, timeout_ms=3_000)
+    expected = BROKEN[case][1]
+    assert any(expected in p for p in problems), problems
+    if case == "MathJax from a CDN":
+        assert any("requests off localhost" in p and "cdn.jsdelivr.net" in p for p in problems)
