@@ -35,8 +35,9 @@ test: lint
 test-fast: venv
 	$(BIN)/python -m pytest tests -q -m "not slow and not browser"
 
-## make test-browser: the built book's explorer page in headless Chromium (Debian's chromium,
-## driven by Playwright), as a reader without a kernel gets it; screenshots in _build/browser/
+## make test-browser: the built book in headless Chromium (Debian's chromium, driven by
+## Playwright), offline, as a reader without a kernel gets it: the explorer page works and every
+## formula renders; screenshots in _build/browser/
 test-browser: book
 	$(BIN)/python -m pytest tests/test_browser.py -q -m browser
 
