@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_save", "atomic_write_json", "file_lock"]
+__all__ = ["atomic_save", "atomic_write_json", "file_lock", "try_lock"]
 
 
 @contextmanager
@@ -25,6 +25,25 @@ def file_lock(path: str | os.PathLike) -> Iterator[None]:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+@contextmanager
+def try_lock(path: str | os.PathLike) -> Iterator[bool]:
+    """Try to take an exclusive ``flock`` on ``path`` without waiting: yields True, holding it
+    for the ``with`` block, or False at once when another process (or another open of the
+    file) holds it. Processes sharing a list of jobs use it to claim one job each."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
 

@@ -22,6 +22,9 @@ once. Settings: the arguments of :func:`recon.reproduce.reproduce` (``n_per_clas
 Each point writes ``OUT/<study>/<point>/card.json`` (``OUT``: ``results/study``) with the
 study's record added under ``"study"``. A point whose card is complete is skipped, so a study
 that is stopped resumes where it was, and adding values to an axis runs only the new points.
+Several processes running the same command on one machine share the work: each claims a
+point with a lock file beside its card (``.study.lock``) and skips the points another
+process holds (run one per core, each with one thread: ``OMP_NUM_THREADS=1``).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ __all__ = ["StudyPoint", "load_spec", "study_points", "run_study_spec", "load_st
            "leakage_row", "profile_value", "REPRODUCE_KEYS"]
 
 STUDY_FORMAT = "recon-study/1"
+LOCK = ".study.lock"  # beside a point's card: the process running the point holds it
 #: settings passed to reproduce() by name; every other key must be a TrainConfig field
 REPRODUCE_KEYS = ("n_per_class", "epochs", "weight_decay", "trials", "pool", "steps", "space",
                   "objective", "tv", "label_noise", "all_classes")
@@ -193,7 +197,7 @@ def run_study_spec(spec_path: str | os.PathLike, out: str | os.PathLike = "resul
     ``only``: run just the points whose id contains this text. ``dry_run``: list the points
     and whether each is done, run nothing. Returns one status row per point.
     """
-    from .files import atomic_write_json
+    from .files import atomic_write_json, try_lock
     from .reproduce import reproduce
 
     spec = load_spec(spec_path)
@@ -210,14 +214,23 @@ def run_study_spec(spec_path: str | os.PathLike, out: str | os.PathLike = "resul
         rows.append(row)
         if done or dry_run:
             continue
-        print(f"[study] {point.id} (axes: {', '.join(point.axes)})", flush=True)
-        t0 = time.perf_counter()
-        card = reproduce(point.task, profile, root / point.id, device=device,
-                         progress=progress, **point.kwargs())
-        card["study"] = {"format": STUDY_FORMAT, "name": spec["name"], "axes": list(point.axes),
-                         "settings": dict(point.settings), "point": point.id}
-        atomic_write_json(card, card_path)
-        row.update(done=True, seconds=time.perf_counter() - t0)
+        with try_lock(root / point.id / LOCK) as mine:
+            if not mine:  # another process runs this point
+                print(f"[study] {point.id}: running in another process, skipped", flush=True)
+                row["elsewhere"] = True
+                continue
+            if _done(card_path, point):  # finished by another process meanwhile
+                row["done"] = True
+                continue
+            print(f"[study] {point.id} (axes: {', '.join(point.axes)})", flush=True)
+            t0 = time.perf_counter()
+            card = reproduce(point.task, profile, root / point.id, device=device,
+                             progress=progress, **point.kwargs())
+            card["study"] = {"format": STUDY_FORMAT, "name": spec["name"],
+                             "axes": list(point.axes), "settings": dict(point.settings),
+                             "point": point.id}
+            atomic_write_json(card, card_path)
+            row.update(done=True, seconds=time.perf_counter() - t0)
     return rows
 
 

@@ -105,3 +105,32 @@ def test_study_runs_each_point_once_and_resumes(tmp_path, data_dir, monkeypatch,
 def test_no_cards_says_how_to_make_them(tmp_path):
     with pytest.raises(FileNotFoundError, match="python -m recon study"):
         load_study_cards("nothing", tmp_path)
+
+
+def test_processes_running_one_study_share_its_points(tmp_path, monkeypatch):
+    """A point another process holds (its lock taken) is skipped, not run twice; the others
+    run; a point finished meanwhile is not run again."""
+    import recon.reproduce
+    from recon.files import try_lock
+    from recon.study import LOCK, run_study_spec
+
+    ran = []
+
+    def fake_reproduce(task, profile, out, **kwargs):
+        ran.append(out.name)
+        return {"format": "recon-reproduce/1", "complete": True}
+
+    monkeypatch.setattr(recon.reproduce, "reproduce", fake_reproduce)
+    spec = _spec(tmp_path)
+    root = tmp_path / "out"
+    with try_lock(root / "tiny" / "mnist-widths=8" / LOCK) as held:
+        assert held
+        with try_lock(root / "tiny" / "mnist-widths=8" / LOCK) as second:
+            assert not second  # a second claim on a held point fails at once
+        rows = run_study_spec(spec, root)
+    assert "mnist-widths=8" not in ran and len(ran) == 4
+    busy = next(r for r in rows if r["point"] == "mnist-widths=8")
+    assert busy["elsewhere"] and not busy["done"]
+    ran.clear()
+    run_study_spec(spec, root)  # the lock is free now: only the skipped point runs
+    assert ran == ["mnist-widths=8"]
