@@ -33,14 +33,18 @@ def git_revision() -> str | None:
 
 
 def command_line(argv: list[str] | None = None) -> str | None:
-    """The command that is running, as a user would type it again (``python -m recon ...``),
-    or ``None`` when recon was not started from its command line (a notebook, a test)."""
+    """The command that is running, as a user would type it again from the repository's
+    top folder: ``python -m recon ...``, or ``python benchmarks/NAME.py ...`` for a script of
+    the checkout; ``None`` otherwise (a notebook, a test)."""
     argv = sys.argv if argv is None else argv
     if not argv:
         return None
     prog = Path(argv[0])
     if (prog.name == "__main__.py" and prog.parent.name == "recon") or prog.name == "recon":
         return shlex.join(["python", "-m", "recon", *argv[1:]])
+    root = Path(__file__).resolve().parents[1]
+    if prog.suffix == ".py" and prog.resolve().parent == root / "benchmarks":
+        return shlex.join(["python", f"benchmarks/{prog.name}", *argv[1:]])
     return None
 
 

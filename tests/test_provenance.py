@@ -67,6 +67,9 @@ def test_command_line_is_the_one_a_user_would_type_again():
         "python -m recon study 'studies/a b.json'")
     assert prov.command_line(["/usr/bin/recon", "reproduce", "mnist"]) == (
         "python -m recon reproduce mnist")
+    script = str(ROOT / "benchmarks" / "reconstruct_speed.py")
+    assert prov.command_line([script, "runs/mnist-n500", "--steps", "10"]) == (
+        "python benchmarks/reconstruct_speed.py runs/mnist-n500 --steps 10")
     assert prov.command_line(["/x/ipykernel_launcher.py", "-f", "k.json"]) is None
     assert prov.command_line([]) is None
 
