@@ -50,6 +50,10 @@ import sys
 import time
 from pathlib import Path
 
+# measure the library of the checkout this script belongs to, whatever copy of recon is
+# installed (its cards record this checkout's revision)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 
 def _sync(device: str) -> None:
     import torch
