@@ -8,7 +8,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -156,10 +156,10 @@ display(Markdown(markdown_table(table, {"p/(dn)": ".3g", "test acc.": ".1%",
                                         "SSIM>0.4": ".0%", "test control": ".0%"})))
 
 # %% [markdown]
-# The {glue:text}`n_cards` cards took {glue:text}`study_time` of compute on two CPU cores
-# (train, reconstruct and evaluate, as each card records). The last column is the control:
-# where it is not near zero, the count above it measures resemblance to the classes, not
-# memory of particular images.
+# The {glue:text}`n_cards` cards took {glue:text}`study_time` of compute (train, reconstruct
+# and evaluate, as each card records, with the CPU and the number of threads it ran on). The
+# last column is the control: where it is not near zero, the count above it measures
+# resemblance to the classes, not memory of particular images.
 
 # %% [markdown]
 # ## 2. Training-set size
