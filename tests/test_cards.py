@@ -19,9 +19,6 @@ NOT_YET_REMADE = {
     "changes; remaking it takes about 40 minutes on two idle cores",
     "reproduce/cifar10-full-n500": "made with --trials 4 --pool 4 from a tree with uncommitted "
     "changes; remaking it takes about 40 minutes on two idle cores",
-    "study/leakage": "made before cards recorded their command, precision and CPU (ten of "
-    "them from a tree with uncommitted changes); the study is remade as a whole, on one "
-    "machine, so that its points stay comparable",
 }
 
 
