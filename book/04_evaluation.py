@@ -8,7 +8,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -101,7 +101,7 @@ from recon.plots import plot_pairs
 
 TASKS = ("mnist", "cifar10")
 PRETTY = {"mnist": "MNIST (odd vs even)", "cifar10": "CIFAR-10 (animal vs vehicle)"}
-GOOD = 0.4  # the paper's threshold: SSIM > 0.4 is a good reconstruction
+GOOD = 0.4  # the follow-up work's convention: SSIM > 0.4 is a good reconstruction
 
 
 def show_image(ax, img, title=None):
@@ -175,7 +175,9 @@ print(rho.numpy().round(2))
 # with $\sigma = 1.5$ and prepares the pair first: the training mean is added back to both
 # images, the reconstruction is min-max scaled to $[0, 1]$ (it has no absolute brightness of
 # its own), and the training image is used as it is. A pair with SSIM above 0.4 is called a
-# good reconstruction.
+# good reconstruction. That threshold is the convention of the follow-up work on this attack;
+# the paper's released code sets none, so the book calls it "the SSIM > 0.4 criterion", not
+# the paper's, and section 5 shows what it passes among images the model never saw.
 #
 # By hand, a local mean is a depthwise convolution with the window (reflect padding keeps the
 # image size, as `kornia` does):
@@ -310,7 +312,7 @@ for name in TASKS:
 #   strokes stop overlapping after a shift of their own width.
 # - Noise hurts SSIM far more than NCC on MNIST: with $\sigma = 0.1$ the digit keeps NCC
 #   {glue:text}`ill_mnist_noise1_ncc:.2f` but SSIM drops to
-#   {glue:text}`ill_mnist_noise1_ssim:.2f`, below the paper's threshold, although nobody
+#   {glue:text}`ill_mnist_noise1_ssim:.2f`, below the 0.4 threshold, although nobody
 #   would fail to recognise the digit. On a flat black background every bit of noise is
 #   "structure" that the original lacks, and the small constants $C_1, C_2$ make the local
 #   score collapse there. The CIFAR-10 image, textured everywhere, keeps SSIM
@@ -321,7 +323,7 @@ for name in TASKS:
 #   {glue:text}`ill_cifar10_blur_ssim:.2f`.
 # - The reverse error: *another* training image of the same digit, which does not even
 #   correlate with this one (NCC {glue:text}`ill_mnist_same_ncc:.2f`), scores SSIM
-#   {glue:text}`ill_mnist_same_ssim:.2f`, a "good reconstruction" by the paper's threshold,
+#   {glue:text}`ill_mnist_same_ssim:.2f`, a "good reconstruction" by the 0.4 threshold,
 #   because both images are black in most places and flat black patches agree perfectly. The
 #   class average, a blob that is no training image at all, correlates with the digit (NCC
 #   {glue:text}`ill_mnist_avg_ncc:.2f`) and scores SSIM {glue:text}`ill_mnist_avg_ssim:.2f`.
@@ -517,7 +519,8 @@ display(Markdown("\n".join(ctrl_lines)))
 # %%
 from recon.reproduce import card_row, load_cards
 
-cols = ["SSIM>0.4 (paper)", "SSIM>0.4 (1-1)", "NCC>0.8 (1-1)", "NCC>0.8 vs test images",
+cols = ["SSIM>0.4 (paper)", "SSIM>0.4 (1-1)", "SSIM>0.4 vs test images", "NCC>0.8 (1-1)",
+        "NCC>0.8 vs test images",
         "NCC>0.9 (1-1)", "NCC>0.9, mean-subtracted", "NCC>0.9 vs test images"]
 big = {c["task"]["name"]: card_row(c) for c in load_cards()
        if c["task"]["n"] == 500 and c["profile"] == "full"}
@@ -526,12 +529,17 @@ if big:
     for name, r in big.items():
         lines.append(f"| {name} | " + " | ".join(str(r[k]) for k in cols) + " |")
         glue(f"big_{name}_ssim_paper", r["SSIM>0.4 (paper)"], display=False)
+        glue(f"big_{name}_ssim_11", r["SSIM>0.4 (1-1)"], display=False)
+        glue(f"big_{name}_ssim_test", r["SSIM>0.4 vs test images"], display=False)
         glue(f"big_{name}_ncc8", r["NCC>0.8 (1-1)"], display=False)
         glue(f"big_{name}_test8", r["NCC>0.8 vs test images"], display=False)
         glue(f"big_{name}_ncc9", r["NCC>0.9 (1-1)"], display=False)
         glue(f"big_{name}_ncc0", r["NCC>0.9, mean-subtracted"], display=False)
         glue(f"big_{name}_test9", r["NCC>0.9 vs test images"], display=False)
     display(Markdown("\n".join(lines)))
+    if "mnist" in big:  # the prose below: SSIM > 0.4 passes most test digits at n = 500
+        assert big["mnist"]["SSIM>0.4 vs test images"] > big["mnist"]["SSIM>0.4 (1-1)"] / 2, \
+            "the MNIST n = 500 card no longer passes most test digits at SSIM 0.4: reword"
 else:
     print("no full-profile n = 500 run cards found (python -m recon reproduce TASK "
           "--profile full writes them)")
@@ -543,7 +551,10 @@ else:
 # candidates reach 0.8 with {glue:text}`big_mnist_test8` test digits and 0.9 with
 # {glue:text}`big_mnist_test9`: at 0.8 a good share of the count is what any digit of the class
 # would score, while above 0.9 it is memorised images. That is why the book's headline
-# counts use 0.9 and always print the test-image control beside them. On CIFAR-10 the
+# counts use 0.9 and always print the test-image control beside them. SSIM > 0.4 fails the
+# same control outright: one-to-one, {glue:text}`big_mnist_ssim_11` training digits pass it
+# and so do {glue:text}`big_mnist_ssim_test` *test* digits the model never saw, so at this
+# size the paper's criterion counts digits of the class, not memorised ones. On CIFAR-10 the
 # counts are small, {glue:text}`big_cifar10_ncc9` above 0.9 and {glue:text}`big_cifar10_ncc8`
 # above 0.8, but the control is what makes them count: {glue:text}`big_cifar10_test8` test
 # images reach 0.8, so each of those pairs is a particular training photograph.
@@ -799,11 +810,12 @@ for name in TASKS:
 #
 # Clipping keeps the background where the reconstruction put it (near zero with the
 # valid-range box), instead of stretching its faint texture to the full range. With the
-# row-space constraint every MNIST pair of our quick run already passes 0.4 either way
-# (50 and 50), so there is nothing to recover. On the unconstrained candidates of Chapter 3's
-# exercise 5, clipping moved the count from 21 to 22 and the NCC > 0.9 pairs that SSIM
-# rejects from 6 to 5: the texture inside the reconstruction stays, and SSIM still punishes
-# it on the black background. It is a different protocol, so report it beside the paper's,
+# row-space constraint nearly every MNIST pair of the quick run already passes 0.4 either
+# way (the two printed counts), so there is little to recover. Run the same lines on the
+# unconstrained candidates of Chapter 3's exercise 5: clipping moves the count by only an
+# image or two and leaves most NCC > 0.9 pairs that SSIM rejects where they were, because the
+# texture inside the reconstruction stays and SSIM still punishes it on the black
+# background. It is a different protocol, so report it beside the paper's,
 # never instead of it.
 # :::
 
@@ -841,7 +853,8 @@ for name in TASKS:
 #   standardisation, blind to brightness and contrast; CIFAR-10 is matched at half
 #   resolution.
 # - Scoring uses SSIM with a 3×3 Gaussian window after adding the mean back and min-max
-#   scaling the reconstruction; SSIM > 0.4 is the paper's "good".
+#   scaling the reconstruction; SSIM > 0.4 is the follow-up work's "good", and it passes
+#   most *test* images at $n = 500$: print that control beside it.
 # - The paper's nearest-candidate matching can count one candidate for several training
 #   images; one-to-one matching removes the double counting, and both belong in a report.
 # - SSIM punishes faint noise on black backgrounds and can reward smooth blobs: on MNIST it

@@ -8,7 +8,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -316,7 +316,7 @@ display(Markdown(markdown_table(table, {
 #    twice, as $\pm w/2$, so $\|\theta\|^2$ and the gradients' geometry differ, and the
 #    stationarity equation, a statement about $\theta$, is a different equation. The
 #    function does not determine the multipliers; the parametrisation does.
-# 2. Pooling a second seed adds digits (seeds 0 and 1 found 9 and 13 when this was written):
+# 2. Pooling a second seed adds digits (print the two seeds' counts and the pooled one):
 #    the two runs find many of the same images, and the new ones come from classes the first
 #    run missed. Count with `(labels == c) & (ev.ncc > 0.9)` on the pooled evaluation, as in
 #    section 2. Pooling still stays short of the all-classes run, which finds every digit

@@ -6,11 +6,17 @@ converge in direction to a KKT point of ``min 1/2 ||theta||^2 s.t. y_i Phi(theta
 
     theta = sum_i lambda_i y_i grad_theta Phi(theta; x_i),    lambda_i >= 0,
 
-with ``lambda_i = 0`` for samples off the margin. :func:`kkt_diagnostic` solves for the
-multipliers that best satisfy it at the TRUE training set (a non-negative least-squares
-problem) and reports the part of ``theta`` they cannot explain. A small residual says the
-network sits near a KKT point, and the samples with ``lambda_i > 0`` are the ones a
-reconstruction can hope to find.
+with ``lambda_i = 0`` for samples off the margin at an exact KKT point of margin
+maximisation. Trained with weight decay ``wd`` (as the book's profiles are), a stationary
+point of the regularised loss satisfies the same equation with
+``lambda_i = sigmoid(-y_i Phi(theta; x_i)) / (n wd)``: every sample has a positive
+multiplier, larger the smaller its margin. :func:`kkt_diagnostic` solves for the
+multipliers that best satisfy the equation at the TRUE training set (a non-negative
+least-squares problem) and reports the part of ``theta`` they cannot explain. A small
+residual says the weights are close to a combination of training gradients; the samples
+with large ``lambda_i`` are the ones a reconstruction can hope to find. The residual is an
+upper bound on the best reconstruction loss (the true images are one feasible point), not a
+floor: other candidates can fit the weights better.
 
 Per-sample gradients of a 3072-1000-1000-1 MLP hold 4 million numbers each; for 500 samples
 that is 16 GB in float64. We never form them: for a linear layer the gradient of sample ``i``

@@ -163,6 +163,7 @@ def card_row(card: dict) -> dict:
         "NCC>0.9, mean-subtracted": c["one_to_one"].get("ncc0>0.9"),
         "NCC>0.9 vs test images": card["pool"].get("test_control", {}).get("ncc>0.9"),
         "NCC>0.8 vs test images": card["pool"].get("test_control", {}).get("ncc>0.8"),
+        "SSIM>0.4 vs test images": card["pool"].get("test_control", {}).get("ssim>0.4"),
         "rho(margin, NCC)": m["spearman_margin_ncc"],
         "minutes": card["wall_time_s"].get("total", float("nan")) / 60,
     }

@@ -88,7 +88,7 @@ def format_number(key: str, value: float | None) -> str:
 
 
 def verdict(ssim: float, good_ssim: float) -> str:
-    """``"good (SSIM > 0.4)"`` or ``"not good"``: the paper's threshold, applied."""
+    """``"good (SSIM > 0.4)"`` or ``"not good"``: the follow-up work's threshold, applied."""
     return f"good (SSIM > {good_ssim:g})" if ssim > good_ssim else "not good"
 
 
