@@ -270,6 +270,33 @@ def cmd_study(args) -> None:
     print(f"[study] {done} of {len(rows)} points have a complete card")
 
 
+def cmd_audit(args) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from .audit import audit
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    shape = tuple(int(v) for v in args.input_shape.split(",")) if args.input_shape else None
+    mean = args.mean
+    if mean is not None:
+        try:
+            mean = float(mean)
+        except ValueError:
+            pass  # a file
+    try:
+        report = audit(args.model, out=args.out, train=args.train_data, test=args.test_data,
+                       mean=mean, input_shape=shape, budget=args.budget,
+                       candidates=args.candidates, max_runs=args.max_runs, steps=args.steps,
+                       seed=args.seed, device=args.device, progress=not args.quiet)
+    except KeyboardInterrupt:
+        print("interrupted: finished runs and the run in progress are kept; run the same "
+              "command again to resume", file=sys.stderr)
+        raise SystemExit(130) from None
+    print(report["verdict"]["headline"])
+
+
 TASK_CHOICES = ("mnist", "cifar10", "mnist-multiclass", "cifar10-multiclass")
 
 MATMUL_HELP = ("precision of the matrix products: auto (bfloat16 on CPUs with AMX / AVX-512 "
@@ -470,9 +497,37 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--threads", type=int, help="torch CPU threads")
     st.set_defaults(func=cmd_study)
 
-    for s in (t, r, w, rp, st):
+    au = sub.add_parser(
+        "audit", formatter_class=_FMT,
+        help="test a model you trained with your own code for this leak: attack it from its "
+             "weights alone and write a report (OUT/index.html, OUT/audit.json)")
+    au.add_argument("--model", required=True,
+                    help="weights file: a state_dict saved with torch.save (.pt, .pth; read "
+                         "with weights_only) or a .safetensors file")
+    au.add_argument("--out", default="audit", help="report folder (rerun to resume)")
+    au.add_argument("--train-data",
+                    help="training samples as the model saw them, used only to score the "
+                         "attack afterwards: .npz with arrays x and y, a tensor file "
+                         "{'x', 'y'}, or a folder of images with one subfolder per class")
+    au.add_argument("--test-data", help="held-out samples in the same format: the control")
+    au.add_argument("--mean",
+                    help="the mean the model's inputs had subtracted (images in [0, 1] "
+                         "before it): a file, or 0 for images fed as they are. Without it the "
+                         "attack does not know the valid pixel range, and the report says so")
+    au.add_argument("--input-shape", help="one input's shape, e.g. 1,28,28 (default: from "
+                                          "--train-data, else a flat vector)")
+    au.add_argument("--budget", default="5m", help="compute time for the attack: 90s, 5m, 1h")
+    au.add_argument("--candidates", type=int,
+                    help="number of candidates (default: twice the first layer's rank)")
+    au.add_argument("--steps", type=int, help="steps per run (default: 3,000 or what fits)")
+    au.add_argument("--max-runs", type=int, default=8, help="most independent runs to pool")
+    au.add_argument("--seed", type=int, default=0, help="seed of the first run")
+    au.add_argument("--threads", type=int, help="torch CPU threads")
+    au.set_defaults(func=cmd_audit)
+
+    for s in (t, r, w, rp, st, au):
         s.add_argument("--device", default=default_device(), help="torch device")
-    for s in (t, r, e, w, rp, st):
+    for s in (t, r, e, w, rp, st, au):
         s.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 

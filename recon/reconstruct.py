@@ -104,7 +104,7 @@ class ReconConfig:
     lambda_min: float = 0.45
     alpha: float = 100.0
     optimizer: str = "adam"  # "adam" | "sgd" (paper: SGD, momentum 0.9, for x and lambda)
-    box: str = "valid"  # "valid": [-mean, 1 - mean]; "paper": [-1, 1]
+    box: str = "valid"  # "valid": [-mean, 1 - mean]; "paper": [-1, 1]; "none": no box
     dtype: str = "float32"
     seed: int = 0
     log_every: int = 50
@@ -127,8 +127,8 @@ class ReconConfig:
             raise ValueError("n_candidates must be at least 2 (half get y=-1, half y=+1)")
         if self.optimizer not in ("adam", "sgd"):
             raise ValueError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
-        if self.box not in ("valid", "paper"):
-            raise ValueError(f"box must be 'valid' or 'paper', got {self.box!r}")
+        if self.box not in ("valid", "paper", "none"):
+            raise ValueError(f"box must be 'valid', 'paper' or 'none', got {self.box!r}")
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
         for name in ("lr_x", "lr_lambda", "init_scale", "alpha"):
@@ -188,6 +188,8 @@ def balanced_labels(m: int, dtype=torch.float32, device=None, n_classes: int = 2
 def _box(config: ReconConfig, mean: torch.Tensor | None, like: torch.Tensor):
     if config.box == "paper":
         return -1.0, 1.0
+    if config.box == "none":  # inputs of unknown range (feature vectors): no prior at all
+        return -float("inf"), float("inf")
     if mean is None:
         raise ValueError(
             "box='valid' keeps pixels in [-mean, 1 - mean] and needs the training mean; pass "
