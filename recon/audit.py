@@ -464,9 +464,9 @@ def first_layer_rank(model: MLP, min_drop: float = 10.0, min_rank: int = 8
     n = 50 centred images). Returns ``(k, True)`` at the last drop of at least ``min_drop``
     between consecutive singular values (``k`` values before it, ``k >= min_rank``: a drop
     after a handful of values marks a few dominant directions, not the training set; values
-    at rounding level are ignored); without such a cliff (an initialisation that is still there, or more
-    samples than the layer has rows), ``(number of values above 3e-5 of the largest,
-    False)``."""
+    at rounding level are ignored); without such a cliff (an initialisation that is still
+    there, or more samples than the layer has rows), ``(number of values above 3e-5 of the
+    largest, False)``."""
     sv = torch.linalg.svdvals(model.layers[0].weight.detach().double().cpu())
     sv = sv[sv > sv[0] * 1e-10]
     drops = sv[:-1] / sv[1:]
