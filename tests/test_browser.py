@@ -572,3 +572,55 @@ def test_math_check_reports_a_formula_that_does_not_render(page, math_site, case
     assert any(expected in p for p in problems), problems
     if case == "MathJax from a CDN":
         assert any("requests off localhost" in p and "cdn.jsdelivr.net" in p for p in problems)
+
+
+def test_audit_report_renders_offline(page, tmp_path):
+    """The page `recon audit` writes, for a small model trained here with plain PyTorch on
+    real digits: it renders, every image loads, and it requests nothing (its images are
+    embedded). A screenshot goes to ``_build/browser/audit-report.png``."""
+    import numpy as np
+    from torch import nn
+
+    from recon.audit import audit
+    from recon.data import load_raw
+
+    x_tr, y_tr, x_te, y_te, _ = load_raw("mnist")
+
+    def digits(x, y):
+        idx = np.concatenate([np.flatnonzero(y == d)[:2] for d in range(10)])
+        return (torch.tensor(x[idx]).float()[:, None] / 255,
+                torch.tensor((y[idx] >= 5).astype(np.int64)))
+
+    (xtr, ytr), (xte, yte) = digits(x_tr, y_tr), digits(x_te, y_te)
+    mean = xtr.mean(0, keepdim=True)
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(784, 100), nn.ReLU(),
+                        nn.Linear(100, 1, bias=False))
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, weight_decay=2e-2)
+    for _ in range(500):
+        opt.zero_grad()
+        nn.functional.softplus(-(2 * ytr - 1) * net(xtr - mean).squeeze(1)).mean().backward()
+        opt.step()
+    report = audit(net, out=tmp_path / "report", train=(xtr - mean, ytr),
+                   test=(xte - mean, yte), mean=mean, input_shape=(1, 28, 28), steps=150,
+                   candidates=40, max_runs=1, budget="10m", progress=False)
+    server = _serve(tmp_path / "report")
+    try:
+        pg = page.page
+        pg.goto(f"http://127.0.0.1:{server.server_port}/index.html")
+        pg.wait_for_selector("#verdict", timeout=10_000)
+        assert report["verdict"]["headline"] in pg.inner_text("#verdict")
+        sizes = pg.eval_on_selector_all(
+            "img", "els => els.map(e => [e.complete, e.naturalWidth, e.naturalHeight])")
+        assert len(sizes) == 2 * len(report["scored"]["top_pairs"]) > 0
+        assert all(done and w > 0 and h > 0 for done, w, h in sizes), sizes
+        assert pg.inner_text("body").count("How this was made") == 1
+        ARTEFACTS.mkdir(parents=True, exist_ok=True)
+        pg.screenshot(path=str(ARTEFACTS / "audit-report.png"), full_page=True)
+    finally:
+        server.shutdown()
+    off_site = [u for u in page.seen if not u.startswith(("http://127.0.0.1", "data:"))]
+    assert not off_site and not page.blocked, off_site + page.blocked
+    assert not page.local_errors(), page.errors
+    local = [u for u in page.seen if u.startswith("http://127.0.0.1")]
+    assert len(local) == 1, local  # the page itself: nothing else is fetched
