@@ -104,7 +104,7 @@ torch.manual_seed(0)
 net = nn.Sequential(nn.Flatten(), nn.Linear(784, 300), nn.ReLU(),
                     nn.Linear(300, 300, bias=False), nn.ReLU(), nn.Linear(300, 1, bias=False))
 opt = torch.optim.SGD(net.parameters(), lr=0.1, weight_decay=2e-2)
-for epoch in range(3000):
+for _epoch in range(3000):
     opt.zero_grad()
     loss = nn.functional.softplus(-(2 * ytr - 1) * net(xtr - mean).squeeze(1)).mean()
     loss.backward()
@@ -256,7 +256,7 @@ torch.manual_seed(0)
 head = nn.Sequential(nn.Linear(300, 300), nn.ReLU(), nn.Linear(300, 300, bias=False),
                      nn.ReLU(), nn.Linear(300, 1, bias=False))
 opt = torch.optim.SGD(head.parameters(), lr=0.1, weight_decay=2e-2)
-for epoch in range(3000):
+for _epoch in range(3000):
     opt.zero_grad()
     loss = nn.functional.softplus(-(2 * ytr - 1) * head(ftr).squeeze(1)).mean()
     loss.backward()
