@@ -8,7 +8,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -47,6 +47,9 @@
 #   judge its output honestly: a small stationarity loss is necessary, not sufficient.
 # - Count equations against unknowns to predict when the reconstruction is identifiable, and
 #   see it recover the margin samples of a random-features network.
+#
+# The symbols, residuals, scores and profiles used here are defined on the
+# {doc}`notation` page.
 #
 # **Runtime** on 2 CPU cores, measured by `benchmarks/chapter_times.py` with the chapters
 # run in order: quick profile {glue:text}`runtime_quick_first` from an empty cache and

@@ -42,6 +42,9 @@
 # - Read the multipliers $\lambda_i$: which training images sit on the margin, and check the
 #   weight-decay prediction $\lambda_i = \sigma(-q_i)/(n\,\mathrm{wd})$.
 #
+# The symbols, residuals, scores and profiles used here are defined on the
+# {doc}`notation` page.
+#
 # **Runtime** on 2 CPU cores, measured by `benchmarks/chapter_times.py` with the chapters
 # run in order: quick profile {glue:text}`runtime_quick_first` from an empty cache and
 # {glue:text}`runtime_quick_cached` once cached; full profile {glue:text}`runtime_full_first`

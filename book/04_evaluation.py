@@ -47,6 +47,9 @@
 # - Test whether recovered images are the margin samples (large multiplier, small margin).
 # - Compare with the paper's baseline: rows of the first-layer weight matrix.
 #
+# The symbols, residuals, scores and profiles used here are defined on the
+# {doc}`notation` page.
+#
 # **Runtime** on 2 CPU cores, measured by `benchmarks/chapter_times.py` with the chapters
 # run in order: quick profile {glue:text}`runtime_quick_first` from an empty cache and
 # {glue:text}`runtime_quick_cached` once cached; full profile {glue:text}`runtime_full_first`

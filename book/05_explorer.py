@@ -40,6 +40,9 @@
 # - Explain why the explorer separates data (items) from wiring (widgets), and what that buys
 #   for a static web page: an explorer that works with no kernel, and what it cannot do.
 #
+# The symbols, residuals, scores and profiles used here are defined on the
+# {doc}`notation` page.
+#
 # **Runtime** on 2 CPU cores, measured by `benchmarks/chapter_times.py` with the chapters
 # run in order: quick profile {glue:text}`runtime_quick_first` from an empty cache and
 # {glue:text}`runtime_quick_cached` once cached; full profile {glue:text}`runtime_full_first`

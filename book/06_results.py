@@ -41,6 +41,9 @@
 # - Check the paper's qualitative finding (recovered images are margin samples) on our runs.
 # - Know which of the paper's results this book reproduces, at which size, and which not yet.
 #
+# The symbols, residuals, scores and profiles used here are defined on the
+# {doc}`notation` page.
+#
 # **Runtime** on 2 CPU cores, measured by `benchmarks/chapter_times.py` with the chapters
 # run in order: quick profile {glue:text}`runtime_quick_first` from an empty cache and
 # {glue:text}`runtime_quick_cached` once cached; full profile {glue:text}`runtime_full_first`

@@ -37,6 +37,9 @@
 # - Audit a model over feature vectors, and explain why its counts need the control even more.
 # - Recognise the models the method does not cover, and what the audit says about them.
 #
+# The symbols, residuals, scores and profiles used here are defined on the
+# {doc}`notation` page.
+#
 # **Runtime** on 2 CPU cores, measured by `benchmarks/chapter_times.py` with the chapters
 # run in order: quick profile {glue:text}`runtime_quick_first` from an empty cache and
 # {glue:text}`runtime_quick_cached` once cached; full profile {glue:text}`runtime_full_first`

@@ -20,6 +20,7 @@ REQUIRED = {
     "summary": r"^#+ .*summary",
     "references": r"^#+ .*references",
     "profile and device printed": r"describe\(\)",
+    "link to the notation page": r"\{doc\}`notation`",
 }
 
 
