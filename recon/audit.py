@@ -7,7 +7,8 @@ that the user trained with their own code, and writes a report a privacy officer
    ``torch.load(weights_only=True)``, which refuses files that hold code), a ``.safetensors``
    file, or an ``nn.Sequential`` / ``nn.Module`` in Python. The MLP is inferred from the weight
    shapes; anything the method does not cover (a convolution, a normalisation layer, an
-   activation other than ReLU, a bias after the first layer) is refused with the layer's name;
+   activation other than ReLU, biases in some layers but not all) is refused with the layer's
+   name;
 2. **attack** with the weights alone: the library's reconstruction
    (:func:`recon.reconstruct.reconstruct`), as many independent runs as the compute budget
    allows, each checkpointed (rerun the same command to resume). What the attacker knows is
@@ -25,8 +26,9 @@ that the user trained with their own code, and writes a report a privacy officer
 The stationarity equation the attack inverts, ``theta = sum_i lambda_i y_i grad Phi(x_i)``,
 holds at a stationary point of the logistic (or cross-entropy) loss with weight decay for any
 differentiable network, and, without weight decay, at the limit of a homogeneous network
-(Haim et al., 2022; Buzaglo et al., 2023). This version covers ReLU MLPs with a bias in the
-first layer at most (homogeneous); the report says how far the weights are from the equation.
+(Haim et al., 2022; Buzaglo et al., 2023). It covers ReLU MLPs with a bias in the first layer
+at most (homogeneous) or in every layer (PyTorch's default, under weight decay); the report
+says which case a model is in and how far its weights are from the equation.
 """
 
 from __future__ import annotations
@@ -129,9 +131,9 @@ def mlp_from_state_dict(state: dict[str, torch.Tensor], *,
     order of their names (natural order: ``fc2`` before ``fc10``), chained ``D -> ... -> C``.
 
     Refuses, naming the layer: convolutions (weights with more than two dimensions),
-    normalisation layers (running statistics or 1-D weights), a bias after the first layer,
-    and weights that do not chain. The file does not say which activation the network used:
-    the audit assumes ReLU, and the report says so."""
+    normalisation layers (running statistics or 1-D weights), biases in some layers after the
+    first but not all, and weights that do not chain. The file does not say which activation
+    the network used: the audit assumes ReLU, and the report says so."""
     for key in state:  # running statistics name a batch norm before its 1-D weight does
         if key.endswith(_NORM_KEYS):
             raise UnsupportedModelError(
@@ -165,13 +167,16 @@ def mlp_from_state_dict(state: dict[str, torch.Tensor], *,
                 f"{state[prev].shape[0]} outputs: the weights do not chain into one MLP in the "
                 "order of their names (convert the model with MLP.from_sequential instead)")
     layers = [_layer_of(k) for k in weights]
+    has = [f"{layer}.bias" in state for layer in layers]
+    every = all(has) and len(layers) > 1
+    if any(has[1:]) and not every:
+        first = next(layers[i] for i in range(1, len(layers)) if has[i])
+        raise UnsupportedModelError(
+            f"layer {first!r} has a bias but not every layer does: the method covers a bias "
+            "in the first layer at most (a homogeneous network) or in every layer (trained "
+            "with weight decay); retrain with one of the two")
     for i, layer in enumerate(layers):
         bias = state.get(f"{layer}.bias")
-        if bias is not None and i > 0:
-            raise UnsupportedModelError(
-                f"layer {layer!r} has a bias: this audit covers networks with a bias in the "
-                "first layer at most (homogeneous networks, whose stationarity equation is the "
-                "one the paper inverts). Retrain with bias=False after the first Linear layer")
         if bias is not None and bias.shape != state[weights[i]].shape[:1]:
             raise UnsupportedModelError(f"{layer}.bias has shape {tuple(bias.shape)}, "
                                         f"expected ({state[weights[i]].shape[0]},)")
@@ -184,12 +189,11 @@ def mlp_from_state_dict(state: dict[str, torch.Tensor], *,
         raise ValueError(f"input shape {shape} has {math.prod(shape)} values but the first "
                          f"layer {layers[0]!r} takes {d_in}")
     model = MLP(shape, widths=[state[k].shape[0] for k in weights[:-1]], init_scale=None,
-                first_bias=f"{layers[0]}.bias" in state,
-                n_outputs=state[weights[-1]].shape[0])
+                first_bias=has[0], n_outputs=state[weights[-1]].shape[0], all_biases=every)
     model = model.to(state[weights[0]].dtype)
     sd = {f"layers.{i}.weight": state[k] for i, k in enumerate(weights)}
-    if f"{layers[0]}.bias" in state:
-        sd["layers.0.bias"] = state[f"{layers[0]}.bias"]
+    sd.update({f"layers.{i}.bias": state[f"{layer}.bias"] for i, layer in enumerate(layers)
+               if has[i]})
     model.load_state_dict(sd)
     return model
 
@@ -668,7 +672,11 @@ def audit(
                   "n_classes": net.n_outputs if net.multiclass else 2,
                   "input": "images" if images else "vectors",
                   "input_shape": list(net.input_shape),
-                  "case": ("homogeneous ReLU MLP (a bias in the first layer at most): the "
+                  "case": ("ReLU MLP with a bias in every layer: not homogeneous, so the "
+                           "stationarity equation holds only at a stationary point of training "
+                           "with weight decay on every parameter; the residuals below say how "
+                           "far the weights are from it") if net.all_biases else
+                          ("homogeneous ReLU MLP (a bias in the first layer at most): the "
                            "stationarity equation holds at the limit of training without "
                            "weight decay and at a stationary point with it"),
                   "activation": "assumed ReLU (a weights file does not record it)"

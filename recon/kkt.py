@@ -111,14 +111,14 @@ def gradient_gram(
         rows = torch.arange(n, device=xf.device).repeat_interleave(C - 1)
         xf = xf[rows]
     weights = [layer.weight.double() for layer in model.layers]
-    bias = model.layers[0].bias
+    biases = [layer.bias for layer in model.layers]
     # forward: inputs of each layer a_{l-1} and pre-activations h_l
     inputs, pre = [xf], []
-    h = xf @ weights[0].T + (bias.double() if bias is not None else 0)
+    h = xf @ weights[0].T + (biases[0].double() if biases[0] is not None else 0)
     pre.append(h)
-    for w in weights[1:]:
+    for w, bias in zip(weights[1:], biases[1:]):
         inputs.append(torch.relu(h))
-        h = inputs[-1] @ w.T
+        h = inputs[-1] @ w.T + (bias.double() if bias is not None else 0)
         pre.append(h)
     if rows is not None:  # start from e_y - e_c for every wrong class c
         delta = torch.zeros_like(h)
@@ -138,10 +138,10 @@ def gradient_gram(
         if layer not in model.frozen:  # theta holds the trained layers only
             a = inputs[layer]
             aa = a @ a.T
-            if layer == 0 and bias is not None:
+            if biases[layer] is not None:
                 aa = aa + 1.0  # the bias is a weight on a constant input 1
             K += (delta @ delta.T) * aa
-            # <W_l, delta a^T> (+ <b, delta> for the first layer) = delta . h_l
+            # <W_l, delta a^T> (+ <b_l, delta> for a layer with a bias) = delta . h_l
             b += (delta * pre[layer]).sum(1)
         if layer > 0:
             delta = (delta @ weights[layer]) * _gate(pre[layer - 1], alpha)

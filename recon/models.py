@@ -57,6 +57,10 @@ class MLP(nn.Module):
             (paper: 1e-4). Deeper layers keep PyTorch's default initialisation unless
             ``deep_init_scale`` is given, in which case they are ``N(0, 1) * deep_init_scale``.
         first_bias: keep the first layer's bias (the paper does).
+        all_biases: a bias in every layer (PyTorch's ``nn.Linear`` default). The network is
+            then not homogeneous, and the stationarity equation holds only at a stationary
+            point of training with weight decay on every parameter (Buzaglo et al., 2023),
+            not at the limit of training without it; ``first_bias`` must stay True.
         frozen: indices of layers that are not trained (see :meth:`freeze`).
         n_outputs: 1 (the paper's binary classifier) or the number of classes ``C >= 2``.
 
@@ -79,8 +83,12 @@ class MLP(nn.Module):
         deep_init_scale: float | None = None,
         frozen: Sequence[int] = (),
         n_outputs: int = 1,
+        all_biases: bool = False,
     ) -> None:
         super().__init__()
+        if all_biases and not first_bias:
+            raise ValueError("all_biases=True puts a bias in every layer, the first included")
+        self.all_biases = bool(all_biases)
         if int(n_outputs) != n_outputs or n_outputs < 1:
             raise ValueError(f"n_outputs must be a positive integer, got {n_outputs!r}")
         self.n_outputs = int(n_outputs)
@@ -94,7 +102,7 @@ class MLP(nn.Module):
         self.first_bias = bool(first_bias)
         dims = (math.prod(self.input_shape), *self.widths, self.n_outputs)
         self.layers = nn.ModuleList(
-            nn.Linear(d_in, d_out, bias=(i == 0 and self.first_bias))
+            nn.Linear(d_in, d_out, bias=(i == 0 and self.first_bias) or self.all_biases)
             for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:]))
         )
         with torch.no_grad():
@@ -138,7 +146,7 @@ class MLP(nn.Module):
         checkpoints store); load its weights with ``load_state_dict``."""
         return cls(arch["input_shape"], arch["widths"], init_scale=None,
                    first_bias=arch["first_bias"], frozen=arch.get("frozen", ()),
-                   n_outputs=arch.get("n_outputs", 1))
+                   n_outputs=arch.get("n_outputs", 1), all_biases=arch.get("all_biases", False))
 
     def theta_norm2(self, dtype: torch.dtype | None = torch.float64) -> float:
         """``||theta||^2`` over the trained parameters, accumulated in ``dtype`` (float64 by
@@ -168,6 +176,7 @@ class MLP(nn.Module):
             "first_bias": self.first_bias,
             "frozen": list(self.frozen),
             "n_outputs": self.n_outputs,
+            **({"all_biases": True} if self.all_biases else {}),
         }
 
     def check_input(self, x: torch.Tensor) -> torch.Tensor:
@@ -225,17 +234,21 @@ class MLP(nn.Module):
                 "expected nn.Sequential(Linear, ReLU, Linear, ..., ReLU, Linear); got "
                 + ", ".join(type(m).__name__ for m in seq)
             )
-        if any(m.bias is not None for m in linears[1:]):
+        has = [m.bias is not None for m in linears]
+        every = all(has)
+        if any(has[1:]) and not every:
             raise UnsupportedModelError(
-                "a hidden or output Linear has a bias: the method needs a homogeneous network "
-                "(bias in the first layer only)"
-            )
+                "some Linear layers after the first have a bias and some do not: the library "
+                "supports a bias in the first layer only (a homogeneous network) or in every "
+                "layer (under weight decay); biases at layers "
+                f"{[i for i, h in enumerate(has) if h]}")
         model = cls(
             input_shape,
             widths=[m.out_features for m in linears[:-1]],
             init_scale=None,
-            first_bias=linears[0].bias is not None,
+            first_bias=has[0],
             n_outputs=linears[-1].out_features,
+            all_biases=every and len(linears) > 1,
         )
         if model.input_dim != linears[0].in_features:
             raise UnsupportedModelError(
@@ -275,7 +288,7 @@ def check_supported(model: nn.Module) -> MLP:
     """
     if isinstance(model, MLP):
         for i, layer in enumerate(model.layers):
-            if i > 0 and layer.bias is not None:
+            if i > 0 and layer.bias is not None and not model.all_biases:
                 raise UnsupportedModelError(
                     f"layer {i} has a bias: the method needs a homogeneous network "
                     "(bias in the first layer only)"

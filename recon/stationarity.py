@@ -24,7 +24,7 @@ The gradient. Write ``h_l`` for the pre-activations, ``a_l`` for the layer input
 ``s'_l = alpha s_l (1 - s_l)`` for its derivative; ``delta_l`` is the back-propagated signal
 (``delta_L = 1``, ``delta_l = (W_{l+1}^T delta_{l+1}) * s_l``), so that the parameter gradient
 of layer ``l`` is ``G_l = sum_j c_j delta_l a_{l-1}^T`` and its residual ``R_l = W_l - G_l``.
-Per candidate, with ``e_l = R_l a_{l-1}`` (plus the bias residual for the first layer) and
+Per candidate, with ``e_l = R_l a_{l-1}`` (plus the bias residual for a layer with a bias) and
 ``f_l = R_l^T delta_l``,
 
     dL/dlambda_j = -2 (y_j / m) sum_l delta_l . e_l
@@ -100,18 +100,17 @@ class Stationarity:
             # ||W1||^2 = ||W1 B||^2 + ||W1 (I - B B^T)||^2
             self.const = float(ws[0].double().pow(2).sum() - w1b.double().pow(2).sum())
             ws[0] = w1b
-        b = model.layers[0].bias
-        self.bias = b.detach().to(device, dtype) if b is not None else None
-        self.bias_trained = self.bias is not None and self.trained[0]
+        # biases: the first layer's (the paper's network), or every layer's (all_biases)
+        self.biases = [layer.bias.detach().to(device, dtype) if layer.bias is not None
+                       else None for layer in model.layers]
         self.weights = ws
         self.alpha = alpha
         self.dtype = dtype
         self.matmul = matmul or dtype
         self._half = [self._cast(w) for w in ws]
-        self.theta2 = float(sum(layer.weight.detach().double().pow(2).sum()
-                                for layer, t in zip(model.layers, self.trained) if t))
-        if self.bias_trained:
-            self.theta2 += float(b.detach().double().pow(2).sum())
+        self.theta2 = float(sum(p.detach().double().pow(2).sum()
+                                for layer, t in zip(model.layers, self.trained) if t
+                                for p in layer.parameters()))
 
     def _cast(self, t: torch.Tensor) -> torch.Tensor:
         return t if t.dtype == self.matmul else t.to(self.matmul)
@@ -143,8 +142,8 @@ class Stationarity:
         a, ah, s, sp = [z.to(dt)], [self._cast(z)], [], []
         for i in range(L - 1):
             hi = self._mm(ah[i], Wh[i].T)
-            if i == 0 and self.bias is not None:
-                hi = hi + self.bias
+            if self.biases[i] is not None:
+                hi = hi + self.biases[i]
             hi = hi.to(dt)
             a.append(torch.relu(hi))
             ah.append(self._cast(a[-1]))
@@ -164,7 +163,10 @@ class Stationarity:
             delta[L - 1] = start
             ly = torch.ones(m, 1, dtype=dt, device=z.device)
         elif self.multiclass:  # the margin's gradient: start from e_y - e_c
-            delta[L - 1] = margin_signs(self._mm(ah[L - 1], Wh[L - 1].T), y)
+            logits = self._mm(ah[L - 1], Wh[L - 1].T)
+            if self.biases[L - 1] is not None:
+                logits = logits + self.biases[L - 1]
+            delta[L - 1] = margin_signs(logits, y)
             ly = lam.to(dt)[:, None]
         else:
             delta[L - 1] = torch.ones(m, 1, dtype=dt, device=z.device)
@@ -187,8 +189,8 @@ class Stationarity:
             stat = stat + self._norm2(R)
             Rh = self._cast(R)
             e[i] = self._mm(ah[i], Rh.T)
-            if i == 0 and self.bias_trained:
-                Rb = self.bias - ld.sum(0) / m
+            if self.biases[i] is not None:  # the bias: a weight on a constant input 1
+                Rb = self.biases[i] - ld.sum(0) / m
                 stat = stat + self._norm2(Rb)
                 e[i] = e[i] + Rb
             last = i == L - 1 and not self.multiclass

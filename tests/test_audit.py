@@ -89,11 +89,22 @@ def test_refuses_batch_norm():
                              "the next Linear layer first")
 
 
-def test_refuses_a_bias_after_the_first_layer():
+def test_refuses_biases_in_some_layers_only():
     assert _refusal(_mlp(hidden_bias=True).state_dict()) == (
-        "layer '2' has a bias: this audit covers networks with a bias in the first layer at "
-        "most (homogeneous networks, whose stationarity equation is the one the paper "
-        "inverts). Retrain with bias=False after the first Linear layer")
+        "layer '2' has a bias but not every layer does: the method covers a bias in the first "
+        "layer at most (a homogeneous network) or in every layer (trained with weight decay); "
+        "retrain with one of the two")
+
+
+def test_a_bias_in_every_layer_is_covered(tmp_path):
+    seq = nn.Sequential(nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(),
+                        nn.Linear(8, 3))
+    save_file({k: v.contiguous() for k, v in seq.state_dict().items()},
+              str(tmp_path / "m.safetensors"))
+    model = load_model(tmp_path / "m.safetensors")
+    x = torch.randn(5, 12)
+    assert model.all_biases and model.n_outputs == 3
+    torch.testing.assert_close(model(x), seq(x))
 
 
 @pytest.mark.parametrize("act, why", [
@@ -311,3 +322,23 @@ def test_audit_of_feature_vectors(user_model, tmp_path):
     assert report["scored"]["counts"] == vector_evaluation(cand, ftr).counts()
     assert report["scored"]["test_control"] == vector_evaluation(cand, fte).counts()
     assert "cosine" in (tmp_path / "vec" / "index.html").read_text()
+
+
+@pytest.mark.slow
+def test_audit_of_a_model_with_a_bias_in_every_layer(user_model, tmp_path):
+    """PyTorch's default layers, trained with weight decay: covered, and the report says the
+    network is not homogeneous."""
+    tr = np.load(user_model / "train.npz")
+    x, y = torch.tensor(tr["x"]), torch.tensor(tr["y"])
+    net = _train(nn.Sequential(nn.Flatten(), nn.Linear(784, 100), nn.ReLU(),
+                               nn.Linear(100, 100), nn.ReLU(), nn.Linear(100, 1)), x, y, 1000)
+    report = audit(net, out=tmp_path / "b", train=(x, y), mean=user_model / "mean.npz",
+                   input_shape=(1, 28, 28), steps=300, candidates=60, max_runs=1,
+                   budget="10m", progress=False)
+    assert report["model"]["architecture"]["all_biases"] is True
+    assert report["model"]["case"].startswith("ReLU MLP with a bias in every layer: not "
+                                              "homogeneous")
+    cand = torch.load(tmp_path / "b" / "candidates.pt", weights_only=True)["x"]
+    mean = torch.tensor(np.load(user_model / "mean.npz")["x"])
+    one = evaluate_both(cand.float(), x, mean)["one_to_one"]
+    assert report["scored"]["counts"]["ncc>0.9"] == one.count(ncc_above=0.9)

@@ -293,3 +293,42 @@ def test_freeze_rejects_bad_layers():
         model.freeze([0, 1])
     assert model.arch()["frozen"] == []
     assert MLP((2,), widths=(3,), frozen=[0]).arch()["frozen"] == [0]
+
+
+# ------------------------------------------------------------- a bias in every layer
+
+
+@pytest.mark.parametrize("widths", [(7,), (6, 5)])
+def test_gradient_gram_with_a_bias_in_every_layer(widths):
+    torch.manual_seed(0)
+    model = MLP((5,), widths=widths, init_scale=1.0, all_biases=True).double()
+    assert all(layer.bias is not None for layer in model.layers)
+    x = torch.randn(8, 5, dtype=torch.float64)
+    y = torch.tensor([1, -1, 1, 1, -1, -1, 1, -1], dtype=torch.float64)
+    K, b, out = gradient_gram(model, x, y)
+    Gy = y[:, None] * _per_sample_gradients(model, x)
+    assert torch.allclose(K, Gy @ Gy.T, rtol=1e-10, atol=1e-12)
+    assert torch.allclose(b, Gy @ _theta(model), rtol=1e-10, atol=1e-12)
+    assert torch.allclose(out, model(x).detach(), rtol=1e-12, atol=1e-14)
+
+
+def test_weight_decay_stationary_point_with_a_bias_in_every_layer():
+    """The network is no longer homogeneous, but a stationary point of the logistic loss with
+    weight decay on every parameter still satisfies the equation, with the same multipliers
+    (Buzaglo et al., 2023). The precondition (a small gradient) is asserted first."""
+    n, wd = 8, 0.05
+    x, y = _separable(n, 8, seed=0)
+    torch.manual_seed(0)
+    model = MLP((8,), widths=(20,), init_scale=0.5, all_biases=True).double()
+    config = TrainConfig(widths=(20,), init_scale=0.5, lr=0.2, weight_decay=wd, epochs=1500,
+                         log_every=500)
+    train(model, x, y, config, progress=False)
+    objective = logistic_loss(model, x, y) + wd / 2 * sum(p.pow(2).sum()
+                                                          for p in model.parameters())
+    grads = torch.autograd.grad(objective, list(model.parameters()))
+    assert torch.sqrt(sum(g.pow(2).sum() for g in grads)).item() < 1e-5
+    d = kkt_diagnostic(model, x, y)
+    with torch.no_grad():
+        predicted = torch.sigmoid(-y * model(x)) / (n * wd)
+    assert d.unexplained < 1e-8
+    assert (d.lam - predicted).abs().max().item() < 1e-4 * predicted.max().item()

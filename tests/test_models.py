@@ -299,3 +299,17 @@ def test_one_dimensional_input_raises_and_suggests_unsqueeze():
         model(torch.zeros(6))
     assert "unsqueeze" in str(info.value)
     assert model(torch.zeros(6).unsqueeze(0)).shape == (1,)
+
+
+def test_a_bias_in_every_layer_converts_and_round_trips():
+    seq = nn.Sequential(nn.Flatten(), nn.Linear(12, 7), nn.ReLU(), nn.Linear(7, 5), nn.ReLU(),
+                        nn.Linear(5, 2))  # PyTorch's default: a bias everywhere
+    model = MLP.from_sequential(seq, (3, 2, 2))
+    assert model.all_biases and model.arch()["all_biases"] is True
+    x = torch.randn(4, 3, 2, 2)
+    assert torch.allclose(model(x), seq(x))
+    again = MLP.from_arch(model.arch())
+    again.load_state_dict(model.state_dict())
+    assert torch.allclose(again(x), seq(x)) and check_supported(again) is again
+    with pytest.raises(ValueError, match="the first included"):
+        MLP((3,), widths=(4,), first_bias=False, all_biases=True)

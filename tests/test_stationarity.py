@@ -71,6 +71,24 @@ def test_value_and_gradients_equal_double_backward(widths, frozen, alpha, bias):
     torch.testing.assert_close(gl2, gl, rtol=1e-7, atol=1e-9 * gl.abs().max().item())
 
 
+@pytest.mark.parametrize("n_outputs", [1, 3])
+@pytest.mark.parametrize("alpha", [None, 10.0])
+def test_a_bias_in_every_layer_equals_double_backward(alpha, n_outputs):
+    model = _low_rank_model(widths=(7, 5), all_biases=True, n_outputs=n_outputs)
+    with torch.no_grad():
+        for layer in model.layers:
+            layer.bias.normal_()
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(6, 12, generator=g, dtype=F64)
+    lam = torch.rand(6, generator=g, dtype=F64) * 3
+    y = balanced_labels(6, F64) if n_outputs == 1 else torch.tensor([0, 1, 2, 0, 1, 2])
+    want, gx, gl = _autograd(model, x, lam, y, alpha)
+    got, gz, gl2 = Stationarity(model, None, alpha=alpha, dtype=F64)(x, lam, y)
+    assert got.item() == pytest.approx(want.item(), rel=1e-10)
+    torch.testing.assert_close(gz, gx, rtol=1e-7, atol=1e-9 * gx.abs().max().item())
+    torch.testing.assert_close(gl2, gl, rtol=1e-7, atol=1e-9 * gl.abs().max().item())
+
+
 @pytest.mark.parametrize("alpha", [None, 20.0])
 def test_row_space_coordinates_equal_the_pixel_loss(alpha):
     """For x = z B^T in the row space of W1: the loss (with the constant ||W1 (I - B B^T)||^2)
