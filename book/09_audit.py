@@ -136,7 +136,7 @@ save_file({k: v.contiguous() for k, v in net.state_dict().items()},
 np.savez(work / "train.npz", x=(xtr - mean).numpy(), y=ytr.numpy())
 np.savez(work / "test.npz", x=(xte - mean).numpy(), y=yte.numpy())
 np.savez(work / "mean.npz", x=mean.numpy())
-sorted(p.name for p in work.iterdir() if p.is_file())
+print("written to", work)
 
 # %% [markdown]
 # ## 2. The audit
@@ -206,8 +206,8 @@ import html as html_lib
 from IPython.display import HTML
 
 page = (work / f"report-{digest}" / "index.html").read_text()
-HTML(f'<iframe srcdoc="{html_lib.escape(page)}" style="width:100%;height:900px;'
-     'border:1px solid #ccc" title="audit report"></iframe>')
+HTML(f'<div><iframe srcdoc="{html_lib.escape(page)}" style="width:100%;height:900px;'
+     'border:1px solid #ccc" title="audit report"></iframe></div>')
 
 # %% [markdown]
 # ## 3. Reading the report

@@ -842,7 +842,8 @@ def write_report(report: dict, path: str | os.PathLike, gallery: list[dict] = ()
     parts = ["<h1>Reconstruction audit</h1>",
              f"<div class='verdict {cls}' id='verdict'><b>{word}.</b> "
              f"{html.escape(v['headline'])}.</div>"]
-    rows = [{"measure": "unexplained part of ||theta||^2, best attack run (weights only)",
+    rows = [{"measure": "unexplained part of \u2016\u03b8\u2016\u00b2, best attack run "
+                        "(weights only)",
              "value": f"{report['attack']['weights_residual']:.2%}"}]
     if "residual_at_training_set" in mdl:
         rows.append({"measure": "unexplained at the true training set (an upper bound on the "
