@@ -37,7 +37,8 @@ from scipy.optimize import nnls
 from .models import MLP, check_supported, margin_signs, wrong_classes
 from .train import check_data, output_margins
 
-__all__ = ["KKTDiagnostic", "kkt_diagnostic", "gradient_gram", "stationarity_residual"]
+__all__ = ["KKTDiagnostic", "kkt_diagnostic", "gradient_gram", "stationarity_residual",
+           "block_residuals"]
 
 
 @dataclass
@@ -219,3 +220,46 @@ def stationarity_residual(
     K, b, _ = gradient_gram(model, x, y, alpha)
     theta2 = model.theta_norm2()
     return _residual2(theta2, K.cpu(), b.cpu(), lam) / theta2
+
+
+@torch.no_grad()
+def block_residuals(
+    model: MLP, x: torch.Tensor, y: torch.Tensor, lam: torch.Tensor, alpha: float | None = None
+) -> list[float]:
+    """The stationarity residual split by parameter block: for each layer ``l``,
+    ``||W_l - G_l||^2 (+ ||b_l - g_l||^2) / ||theta||^2``, where ``G_l`` is that layer's part
+    of ``sum_i lam_i y_i grad_theta Phi(theta; x_i)`` (0 for a frozen layer, which is not in
+    ``theta``). The blocks add up to :func:`stationarity_residual`.
+
+    x: ``(n, *input_shape)``; y: ``(n,)`` in {-1, +1} or class indices (the margin against the
+    highest other class); lam: ``(n,)`` in the convention of :func:`kkt_diagnostic`.
+    """
+    model = check_supported(model)
+    check_data(model, x, y)
+    xf = model.check_input(x).double()
+    lam = torch.as_tensor(lam, dtype=torch.float64, device=xf.device).flatten()
+    if lam.shape != (len(xf),):
+        raise ValueError(f"lam must have shape ({len(xf)},), got {tuple(lam.shape)}")
+    ws = [layer.weight.double() for layer in model.layers]
+    bs = [None if layer.bias is None else layer.bias.double() for layer in model.layers]
+    inputs, pre, h = [xf], [], xf
+    for i, (w, b) in enumerate(zip(ws, bs)):
+        if i:
+            inputs.append(torch.relu(h))
+        h = inputs[-1] @ w.T + (b if b is not None else 0)
+        pre.append(h)
+    if model.multiclass:
+        delta = margin_signs(h, y) * lam[:, None]
+    else:
+        delta = (lam * y.double())[:, None]  # each sample's lam_i y_i dPhi/dh_L
+    theta2 = model.theta_norm2()
+    out = [0.0] * len(ws)
+    for i in reversed(range(len(ws))):
+        if i not in model.frozen:
+            r = (ws[i] - delta.T @ inputs[i]).pow(2).sum()
+            if bs[i] is not None:
+                r = r + (bs[i] - delta.sum(0)).pow(2).sum()
+            out[i] = float(r) / theta2
+        if i:
+            delta = (delta @ ws[i]) * _gate(pre[i - 1], alpha)
+    return out

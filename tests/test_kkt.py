@@ -332,3 +332,39 @@ def test_weight_decay_stationary_point_with_a_bias_in_every_layer():
         predicted = torch.sigmoid(-y * model(x)) / (n * wd)
     assert d.unexplained < 1e-8
     assert (d.lam - predicted).abs().max().item() < 1e-4 * predicted.max().item()
+
+
+@pytest.mark.parametrize("kw", [{}, {"all_biases": True}, {"frozen": (1,)}, {"n_outputs": 3}])
+def test_block_residuals_add_up_and_match_explicit_gradients(kw):
+    from recon.kkt import block_residuals, stationarity_residual
+
+    torch.manual_seed(0)
+    model = MLP((5,), widths=(6, 4), init_scale=1.0, **kw).double()
+    x = torch.randn(7, 5, dtype=torch.float64)
+    y = (torch.tensor([0, 1, 2, 0, 1, 2, 0]) if model.multiclass
+         else torch.tensor([1, -1, 1, 1, -1, -1, 1], dtype=torch.float64))
+    lam = torch.rand(7, dtype=torch.float64)
+    blocks = block_residuals(model, x, y, lam)
+    # by hand: sum_i lam_i * grad of y_i Phi(x_i) (or of the margin), one autograd call
+    params = model.theta()
+    out = model(x)
+    if model.multiclass:
+        other = out.detach().masked_fill(torch.nn.functional.one_hot(y, 3).bool(),
+                                         float("-inf")).argmax(1)
+        terms = out.gather(1, y[:, None]).squeeze(1) - out.gather(1, other[:, None]).squeeze(1)
+    else:
+        terms = y * out
+    grads = torch.autograd.grad((lam * terms).sum(), params)
+    theta2 = sum(p.detach().pow(2).sum() for p in params)
+    want, k = [], 0
+    for i, layer in enumerate(model.layers):
+        if i in model.frozen:
+            want.append(0.0)
+            continue
+        n_p = len(list(layer.parameters()))
+        want.append(float(sum((p.detach() - g).pow(2).sum()
+                              for p, g in zip(params[k:k + n_p], grads[k:k + n_p])) / theta2))
+        k += n_p
+    assert blocks == pytest.approx(want, rel=1e-10)
+    if not model.multiclass:
+        assert sum(blocks) == pytest.approx(stationarity_residual(model, x, y, lam), rel=1e-9)
