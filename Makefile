@@ -7,7 +7,7 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 export RECON_PROFILE ?= quick
 
-.PHONY: venv test test-fast test-browser lint book clean
+.PHONY: venv test test-fast test-browser lint book clean summary
 
 venv: $(STAMP)
 
@@ -44,6 +44,10 @@ test-browser: book
 ## make book: the executed HTML book in _build/html
 book: venv
 	$(BIN)/jupyter-book build . --warningiserror --keep-going
+
+## make summary: results/summary.md, the table of every committed run card (after a card changes)
+summary: venv
+	$(BIN)/python -c "from recon.reproduce import write_summary; write_summary()"
 
 clean:
 	rm -rf _build .pytest_cache

@@ -31,7 +31,8 @@ from pathlib import Path
 import torch
 
 __all__ = ["SWEEP_DEFAULTS", "SELECTION", "reproduce", "default_out", "read_card",
-           "trained_params", "results_dir", "load_cards", "card_row", "card_selection"]
+           "trained_params", "results_dir", "load_cards", "card_row", "card_selection",
+           "summary_table", "SUMMARY_FILE", "write_summary"]
 
 # per profile: trials in the sweep, how many best trials to pool, search space, and the
 # objective that ranks them. "kkt" reads the weights alone (what an attacker can do); the
@@ -167,6 +168,37 @@ def card_row(card: dict) -> dict:
         "rho(margin, NCC)": m["spearman_margin_ncc"],
         "minutes": card["wall_time_s"].get("total", float("nan")) / 60,
     }
+
+
+#: the table of every committed run card that the book's introduction includes, under results/
+SUMMARY_FILE = "summary.md"
+
+
+def summary_table(cards: list[dict]) -> str:
+    """Every run card as one row of a Markdown table: what was attacked, how the pooled runs
+    were chosen, the count one-to-one above NCC 0.9 and above SSIM 0.4, each beside its
+    test-image control, and the CPU. ``results/summary.md`` holds this table for the committed
+    cards (the introduction includes it; a test keeps it equal to the cards)."""
+    lines = ["| task | n | profile | trials chosen by | NCC > 0.9 (one-to-one) | test images "
+             "at NCC > 0.9 | SSIM > 0.4 (one-to-one) | test images at SSIM > 0.4 | CPU |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for c in cards:
+        r = card_row(c)
+        cpu = (c["provenance"].get("cpu") or {}).get("model", "not recorded")
+        cells = [r["task"], r["n"], r["profile"], r["trials chosen by"], r["NCC>0.9 (1-1)"],
+                 r["NCC>0.9 vs test images"], r["SSIM>0.4 (1-1)"],
+                 r["SSIM>0.4 vs test images"], cpu]
+        lines.append("| " + " | ".join("–" if v is None else str(v) for v in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_summary(root: str | os.PathLike | None = None) -> Path:
+    """Write :func:`summary_table` of the cards under ``root`` (default :func:`results_dir`)
+    to ``root/summary.md`` (``make summary``)."""
+    root = Path(root) if root is not None else results_dir()
+    path = root / SUMMARY_FILE
+    path.write_text(summary_table(load_cards(root)))
+    return path
 
 
 def _plot(card: dict, pool_eval, out: Path, max_pairs: int) -> None:

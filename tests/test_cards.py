@@ -98,3 +98,25 @@ def test_the_check_catches_each_defect():
 def test_card_names_its_command_clean_revision_precision_and_cpu(path):
     assert card_problems(json.loads(path.read_text())) == [], (
         f"{path}: remake it with its documented command from a clean checkout")
+
+
+def test_the_summary_table_is_the_committed_cards():
+    """results/summary.md (included by the book's introduction) is regenerated from the cards,
+    never typed: `make summary` rewrites it after a card changes."""
+    from recon.reproduce import SUMMARY_FILE, load_cards, summary_table
+
+    root = Path(__file__).resolve().parents[1] / "results"
+    assert (root / SUMMARY_FILE).read_text() == summary_table(load_cards(root)), (
+        "results/summary.md is stale: run `make summary`")
+
+
+def test_the_introductions_sentence_on_ssim_holds():
+    """The introduction says SSIM > 0.4 passes most test digits on MNIST: true of every
+    committed MNIST card, or the sentence must change."""
+    from recon.reproduce import card_row, load_cards
+
+    rows = [card_row(c) for c in load_cards(Path(__file__).resolve().parents[1] / "results")
+            if c["task"]["name"] == "mnist"]
+    assert rows
+    for r in rows:
+        assert r["SSIM>0.4 vs test images"] > r["n"] / 2, r
