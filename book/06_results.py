@@ -312,8 +312,8 @@ for c in cards:
 # with their slant, loops and stroke width, in a faint speckle; near 0.9 the list fills with
 # plain upright 1s, which any 1 resembles, and the count above 0.8 is where the test-image
 # control shows how much a generic digit of the class already scores. Near-exact training
-# digits by the dozen, from {glue:text}`mnist_500_minutes:.0f` minutes on two CPU cores: the
-# order of the paper's "dozens", and still far from most of the training set.
+# digits by the dozen, from {glue:text}`mnist_500_minutes:.0f` minutes on two CPU cores, and
+# still far from most of the training set.
 #
 # On CIFAR-10 the same recipe, pooled over {glue:text}`cifar10_500_trials` runs, counts
 # {glue:text}`cifar10_500_ncc9` above NCC 0.9 and {glue:text}`cifar10_500_ncc8` above 0.8,

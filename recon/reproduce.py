@@ -180,14 +180,18 @@ def summary_table(cards: list[dict]) -> str:
     test-image control, and the CPU. ``results/summary.md`` holds this table for the committed
     cards (the introduction includes it; a test keeps it equal to the cards)."""
     lines = ["| task | n | profile | trials chosen by | NCC > 0.9 (one-to-one) | test images "
-             "at NCC > 0.9 | SSIM > 0.4 (one-to-one) | test images at SSIM > 0.4 | CPU |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "at NCC > 0.9 | SSIM > 0.4 (one-to-one) | test images at SSIM > 0.4 | CPU | "
+             "revision |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for c in cards:
         r = card_row(c)
         cpu = (c["provenance"].get("cpu") or {}).get("model", "not recorded")
+        rev = c["provenance"].get("git_revision") or ""
+        rev = ("uncommitted changes (not yet remade)" if rev.endswith("-dirty") or not rev
+               else f"`{rev[:7]}`")
         cells = [r["task"], r["n"], r["profile"], r["trials chosen by"], r["NCC>0.9 (1-1)"],
                  r["NCC>0.9 vs test images"], r["SSIM>0.4 (1-1)"],
-                 r["SSIM>0.4 vs test images"], cpu]
+                 r["SSIM>0.4 vs test images"], cpu, rev]
         lines.append("| " + " | ".join("–" if v is None else str(v) for v in cells) + " |")
     return "\n".join(lines) + "\n"
 
