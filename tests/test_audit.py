@@ -342,3 +342,32 @@ def test_audit_of_a_model_with_a_bias_in_every_layer(user_model, tmp_path):
     mean = torch.tensor(np.load(user_model / "mean.npz")["x"])
     one = evaluate_both(cand.float(), x, mean)["one_to_one"]
     assert report["scored"]["counts"]["ncc>0.9"] == one.count(ncc_above=0.9)
+
+
+@pytest.mark.slow
+def test_audit_of_a_multiclass_head(user_model, tmp_path):
+    """A ten-class head (cross-entropy, one output per digit) on the same images: the classes
+    are read from the output layer, labels are class indices, and the counts are the library's
+    evaluation."""
+    x_tr, y_tr, _, _, _ = load_raw("mnist")
+    idx = np.concatenate([np.flatnonzero(y_tr == d)[:2] for d in range(10)])
+    x = torch.tensor(x_tr[idx]).float()[:, None] / 255
+    y = torch.tensor(y_tr[idx]).long()
+    mean = x.mean(0, keepdim=True)
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(784, 100), nn.ReLU(),
+                        nn.Linear(100, 10, bias=False))
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, weight_decay=2e-2)
+    for _ in range(1000):
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(x - mean), y).backward()
+        opt.step()
+    report = audit(net, out=tmp_path / "mc", train=(x - mean, y), mean=mean,
+                   input_shape=(1, 28, 28), steps=200, candidates=40, max_runs=1,
+                   budget="10m", progress=False)
+    assert report["model"]["n_classes"] == 10
+    cand = torch.load(tmp_path / "mc" / "candidates.pt", weights_only=True)
+    assert cand["y"].dtype == torch.long and set(cand["y"].tolist()) == set(range(10))
+    one = evaluate_both(cand["x"].float(), x - mean, mean)["one_to_one"]
+    assert report["scored"]["counts"]["ncc>0.9"] == one.count(ncc_above=0.9)
+    assert "residual_at_training_set" in report["model"]

@@ -10,6 +10,7 @@ from recon.models import MLP
 from recon.reconstruct import (
     ReconConfig,
     ReconResult,
+    _box,
     balanced_labels,
     first_layer_basis,
     kkt_loss_terms,
@@ -229,7 +230,7 @@ def test_balanced_labels():
 
 @pytest.mark.parametrize(
     "kw",
-    [dict(optimizer="rmsprop"), dict(box="none"), dict(dtype="float16"), dict(n_candidates=1),
+    [dict(optimizer="rmsprop"), dict(box="nowhere"), dict(dtype="float16"), dict(n_candidates=1),
      dict(lr_x=0.0), dict(alpha=-1.0), dict(init_scale=0.0), dict(lr_lambda=0.0),
      dict(steps=-1), dict(log_every=0)],
 )
@@ -493,3 +494,9 @@ def test_positive_control_recovers_true_set_from_perturbed_start():
     assert h[0] > 1e-3 and h[-1] < 1e-10
     assert (res.x - x).norm().item() < 0.01 * (x_start - x).norm().item()
     assert torch.allclose(res.lam, lam_true, rtol=1e-2)
+
+
+def test_box_none_leaves_the_candidates_unconstrained():
+    cfg = ReconConfig(box="none")
+    lo, hi = _box(cfg, None, torch.zeros(2, 3))
+    assert lo == -float("inf") and hi == float("inf")
