@@ -900,7 +900,8 @@ def write_report(report: dict, path: str | os.PathLike, gallery: list[dict] = ()
             "change of training, the most protective first: the share of training images "
             "recovered above NCC 0.9, and how many held-out images the same candidates match "
             "(the control). Noise on the clipped gradients (clip, grad noise) is the "
-            "mechanism of differentially private training.</p>"
+            "mechanism of differentially private training, here without its privacy "
+            "accounting.</p>"
             + _table([{"change": r["change"], "recovered": f"{r['share']:.0%}",
                        "n": r["n"], "held-out control": r["test"]} for r in levers]))
     st = report["settings"]
