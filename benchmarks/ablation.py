@@ -16,7 +16,9 @@ Ablations (the first argument):
   started at the true training images with their KKT multipliers (m = n), how many stay
   recovered (one-to-one NCC > 0.9), and where the residual ends;
 * ``custom``: variants given on the command line, ``--variant NAME:key=value,key=value``
-  (fields of ``ReconConfig``; ``m_per_n=4`` sets ``n_candidates = 4n``).
+  (fields of ``ReconConfig``; ``m_per_n=4`` sets ``n_candidates = 4n``; ``first_layer=1``
+  runs no reconstruction and evaluates the paper's baseline instead, the rows of the first
+  layer's weights as candidates, both signs, :func:`recon.evaluate.first_layer_candidates`).
 
     python benchmarks/ablation.py subspace results/reproduce/mnist-quick-n50 \\
         results/reproduce/cifar10-quick-n20 --seeds 0 1 2
@@ -44,7 +46,7 @@ from pathlib import Path
 
 import torch
 
-from recon.evaluate import evaluate, evaluate_both
+from recon.evaluate import evaluate, evaluate_both, first_layer_candidates
 from recon.kkt import kkt_diagnostic
 from recon.provenance import provenance
 from recon.reconstruct import ReconConfig, first_layer_basis, reconstruct
@@ -155,7 +157,8 @@ def main(argv: list[str] | None = None) -> None:
         c = entry["counts"]["one_to_one"]
         print(f"{entry['run']:24s} {entry['variant']:18s} seed {entry['seed']}: NCC>0.9 "
               f"{c['ncc>0.9']:3d}  NCC>0.8 {c['ncc>0.8']:3d}  SSIM>0.4 {c['ssim>0.4']:3d}  "
-              f"stat_rel {entry['stat_rel']:.2e} ({entry['wall_time_s']:.0f} s)", flush=True)
+              f"stat_rel {entry['stat_rel'] or float('nan'):.2e} "
+              f"({entry['wall_time_s']:.0f} s)", flush=True)
 
     for run_dir in args.runs:
         run = load_run(run_dir)
@@ -164,6 +167,19 @@ def main(argv: list[str] | None = None) -> None:
         common = {"run": run.name, "task": task.name, "n": task.n, "steps": steps,
                   "train_matmul": run.trained.config.matmul}
         for variant, over in variants.items():
+            if over.get("first_layer"):  # the baseline: W1's rows, no search, no seed
+                if (run.name, variant, 0) not in done:
+                    t0 = time.perf_counter()
+                    x = first_layer_candidates(model.layers[0].weight.float().cpu(),
+                                               task.x_train.shape[1:],
+                                               max_abs=task.x_train.abs().max(),
+                                               both_signs=True)
+                    record({**common, "rank": None, "variant": variant, "seed": 0,
+                            "config": {"first_layer": True, "both_signs": True},
+                            "stat_rel": None, "stat_rel_f64": None,
+                            "wall_time_s": time.perf_counter() - t0,
+                            "counts": _counts(x, task)})
+                continue
             for seed in args.seeds:
                 if (run.name, variant, seed) in done:
                     continue
