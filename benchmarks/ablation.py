@@ -41,10 +41,14 @@ import argparse
 import copy
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
-import torch
+# the library of this checkout (and its revision in the results), not whichever is installed
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
 
 from recon.evaluate import evaluate, evaluate_both, first_layer_candidates
 from recon.kkt import kkt_diagnostic
