@@ -319,9 +319,9 @@ for c in cards:
 # {glue:text}`cifar10_500_ncc9` above NCC 0.9 and {glue:text}`cifar10_500_ncc8` above 0.8,
 # against {glue:text}`cifar10_500_test8` test images above 0.8 for the same candidates: few,
 # but particular training photographs, not what any image of the class would score.
-# The grid shows them: a red toy aeroplane on grass, a white horse, a car, a dog,
+# The grid shows them: a white car, a red toy aeroplane on grass, a dark aeroplane, a dog,
 # a red car, with their colours and layout, under heavy colour noise; further down the list the
-# noise takes over and only a vehicle's outline and colour remain (fire engines). The levers we
+# noise takes over and only a vehicle's outline and colour remain (a red fire engine). The levers we
 # measured at this size, and what each did, are in Section 3 and in the closing summary.
 #
 # ## 3. What the first layer's row space buys

@@ -14,11 +14,7 @@ README = (ROOT / "README.md").read_text()
 # Cards that their documented command has not remade yet, each with the reason. The test of
 # such a card is a strict expected failure: once the card is remade, its test passes, which
 # fails the suite until the card is taken off this list.
-NOT_YET_REMADE = {
-    "reproduce/cifar10-full-n500": "made with --trials 4 --pool 4 from a tree with uncommitted "
-    "changes; remaking it by its command takes over two hours on two cores of a CPU without "
-    "bfloat16 units (the MNIST card took 69 minutes on an AMD EPYC)",
-}
+NOT_YET_REMADE: dict[str, str] = {}
 
 
 def _not_yet_remade(name: str) -> str | None:
