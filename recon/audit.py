@@ -520,7 +520,7 @@ def audit(
     Rerunning with the same ``out`` and settings resumes: finished runs are kept, an
     interrupted one continues from its checkpoint, and the budget counts all sessions.
     """
-    from .evaluate import evaluate_both
+    from .evaluate import evaluate, evaluate_both
     from .files import atomic_save, atomic_write_json
     from .hardware import default_device, resolve_precision
     from .kkt import kkt_diagnostic
@@ -717,7 +717,8 @@ def audit(
         if test is not None:
             xs_test = test.x.double()
             if images:
-                ctl = evaluate_both(pool.float(), xs_test.float(), mean0.float())["one_to_one"]
+                ctl = evaluate(pool.float(), xs_test.float(), mean0.float(),
+                               matching="one_to_one")
                 scored["test_control"] = {**{f"ncc>{t}": ctl.count(ncc_above=t)
                                              for t in THRESHOLDS},
                                           "ssim>0.4": ctl.count(ssim_above=0.4)}
