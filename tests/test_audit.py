@@ -281,7 +281,9 @@ def test_audit_end_to_end_on_images(user_model, capsys):
                             "ncc>0.9": one.count(ncc_above=0.9),
                             "ssim>0.4": one.count(ssim_above=0.4)}
     assert sc["test_control"]["ncc>0.9"] == ctl.count(ncc_above=0.9)
-    # the attack works on this model: most of the 30 digits, and no held-out digit
+    # the attack works on this model: most of the 30 digits, and no held-out digit (measured
+    # on an AMD EPYC without bfloat16 units: 22 and 0 with one thread, 21 and 0 with two;
+    # not yet measured on a CPU whose `auto` precision is bfloat16)
     assert sc["counts"]["ncc>0.9"] >= 15 and sc["test_control"]["ncc>0.9"] <= 1
     assert report["verdict"]["leaks"] is True
     assert report["attacker_knows"]["mean"] is True and report["model"]["input"] == "images"
