@@ -31,6 +31,11 @@ kept and skipped when the command is run again, so an interrupted ablation resum
 records ``rank``: the dimension of the first layer's row space that its own variant keeps
 (``subspace_tol``; ``None`` without a subspace).
 
+With ``--trajectory K`` each run also keeps ``K`` snapshots (log-spaced steps) and records, at
+each, the wall time so far (the run's time per step times the step) and the one-to-one NCC
+counts against the training and the held-out images: images recovered against reconstruction
+time, the curve of ``benchmarks/time_to_recovery.py``.
+
 The held-out control matches the same candidates one-to-one to n test images of the task, the
 first n/2 of each class (:func:`recon.rundir.held_out`).
 """
@@ -128,6 +133,33 @@ def _stat_rel_f64(model, res) -> float:
     return stat.item() / st.theta2
 
 
+def snapshot_steps(steps: int, k: int) -> tuple[int, ...]:
+    """``k`` log-spaced steps from 10 to ``steps`` (``steps`` included), none twice."""
+    if k <= 0 or steps <= 0:
+        return ()
+    lo = min(10, steps)
+    grid = torch.logspace(torch.log10(torch.tensor(float(lo))),
+                          torch.log10(torch.tensor(float(steps))), k)
+    return tuple(sorted({int(round(float(v))) for v in grid} | {steps}))
+
+
+def trajectory(res, task) -> list[dict]:
+    """One-to-one NCC counts of every snapshot of ``res`` against the training images and the
+    held-out control, with the wall time at that step (steady state: time per step x step)."""
+    per_step = res.wall_time / max(res.step, 1)
+    test = held_out(task)
+    out = []
+    for step, x in sorted(res.snapshots.items()):
+        tr = evaluate(x, task.x_train, task.mean, matching="one_to_one")
+        te = evaluate(x, test, task.mean, matching="one_to_one")
+        out.append({"step": step, "time_s": per_step * step,
+                    "train_ncc>0.9": tr.count(ncc_above=0.9),
+                    "train_ncc>0.8": tr.count(ncc_above=0.8),
+                    "test_ncc>0.9": te.count(ncc_above=0.9),
+                    "test_ncc>0.8": te.count(ncc_above=0.8)})
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -142,6 +174,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="also run the positive control (start at the training set)")
     ap.add_argument("--out", help="default results/ablation/ABLATION.json")
     ap.add_argument("--threads", type=int)
+    ap.add_argument("--trajectory", type=int, default=0, metavar="K",
+                    help="keep K log-spaced snapshots per run and count at each")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -189,8 +223,10 @@ def main(argv: list[str] | None = None) -> None:
                     continue
                 cfg = _config(task, steps, seed, over)
                 t0 = time.perf_counter()
-                res = reconstruct(model, cfg, mean=task.mean, progress=False)
-                record({**common, "rank": rank_kept(model, cfg.subspace_tol),
+                res = reconstruct(model, cfg, mean=task.mean, progress=False,
+                                  snapshot_steps=snapshot_steps(cfg.steps, args.trajectory))
+                extra = {"trajectory": trajectory(res, task)} if args.trajectory else {}
+                record({**common, **extra, "rank": rank_kept(model, cfg.subspace_tol),
                         "variant": variant, "seed": seed, "config": cfg.to_dict(),
                         "stat_rel": res.history["stat_rel"][-1],
                         "stat_rel_f64": _stat_rel_f64(model, res),

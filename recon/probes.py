@@ -80,8 +80,12 @@ def fair_comparison(model, task, config: ReconConfig, *, seed: int = 0,
                     progress: bool = False) -> dict:
     """The truth plus ``n`` random candidates against ``2n`` random candidates, same recipe,
     steps, precision and seed. Returns each run's exact-ReLU residual at the end, how many
-    truth slots are still above NCC 0.9 with their own image, and how many training images the
-    random run recovered (one-to-one, NCC > 0.9). Binary tasks."""
+    truth slots are still above NCC 0.9 with their own image, how many training images the
+    random run recovered (one-to-one, NCC > 0.9 and > 0.8) and, as its control, how many of
+    ``n`` held-out test images the same candidates match as well
+    (:func:`recon.rundir.held_out`). Binary tasks."""
+    from .rundir import held_out
+
     n, mean = len(task.x_train), task.mean
     y, lam = _true_start(model, task)
     cfg = dataclasses.replace(config, n_candidates=2 * n, seed=seed)
@@ -95,10 +99,16 @@ def fair_comparison(model, task, config: ReconConfig, *, seed: int = 0,
     random = reconstruct(model, cfg, mean=mean, progress=progress)
     stay = ncc_pairs(seeded.x[:n] + mean, task.x_train + mean)
     found = evaluate(random.x, task.x_train, mean, matching="one_to_one")
+    control = evaluate(random.x, held_out(task), mean, matching="one_to_one")
     return {
         "n": n, "steps": cfg.steps,
         "seeded_residual": kkt_residual(model, seeded.x, seeded.lam, seeded.y),
         "random_residual": kkt_residual(model, random.x, random.lam, random.y),
         "truth_slots_ncc>0.9": int((stay > 0.9).sum()),
+        "truth_slots_ncc>0.8": int((stay > 0.8).sum()),
         "random_recovered_ncc>0.9": found.count(ncc_above=0.9),
+        "random_recovered_ncc>0.8": found.count(ncc_above=0.8),
+        "random_test_control_ncc>0.9": control.count(ncc_above=0.9),
+        "random_test_control_ncc>0.8": control.count(ncc_above=0.8),
+        "wall_time_s": seeded.wall_time + random.wall_time,
     }

@@ -49,5 +49,6 @@ def test_fair_comparison_keys_and_truth_slots(small):
     model, task = small
     out = fair_comparison(model, task, ReconConfig(steps=0, matmul="full"))
     assert out["truth_slots_ncc>0.9"] == task.n and out["n"] == task.n
-    assert 0 <= out["random_recovered_ncc>0.9"] <= task.n
+    # no step taken: the random run's candidates are noise of scale 1e-3, matched to nothing
+    assert out["random_recovered_ncc>0.9"] == 0 and out["random_test_control_ncc>0.9"] == 0
     assert out["seeded_residual"] < out["random_residual"]  # at the start the truth fits

@@ -1,0 +1,122 @@
+"""Why a reconstruction fails at a given size: the basin and the fair comparison on a trained model.
+
+For a trained run directory (``python -m recon reproduce`` or ``python -m recon train``, read by
+:func:`recon.rundir.load_run`), with the reconstruction recipe of its card (the ``full``
+profile's, for a ``reproduce --profile full`` directory) unless overridden:
+
+* **the count**: parameters per training value, ``p / (d n)``: how many equations the weights
+  give per unknown pixel of the training set;
+* **the truth**: the share of ``||theta||^2`` the true training set leaves unexplained with the
+  exact ReLU (:func:`recon.kkt.kkt_diagnostic`), and how many samples carry a positive
+  multiplier;
+* **the basin** (:func:`recon.probes.basin`): starts at blends of the training images with noise
+  (NCC 0.8, 0.6, 0.4 with their image), m = n, true labels and multipliers; how many come back;
+* **the fair comparison** (:func:`recon.probes.fair_comparison`): the truth plus n random
+  candidates against 2n random candidates, same steps and precision; which residual ends lower,
+  how many truth slots stay, and what the random run recovers against its test-image control.
+
+    python benchmarks/probes.py results/reproduce/mnist-full-n500 \\
+        --out results/probes/mnist-n500.json
+
+Sections already in ``--out`` with the same settings are kept and skipped, so an interrupted
+run resumes. Every section records its wall time; the file records the command, revision and
+CPU (:func:`recon.provenance.provenance`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+# the library of this checkout (and its revision in the results), not whichever is installed
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from recon.hardware import resolve_precision  # noqa: E402
+from recon.kkt import kkt_diagnostic  # noqa: E402
+from recon.probes import basin, fair_comparison  # noqa: E402
+from recon.provenance import provenance  # noqa: E402
+from recon.reconstruct import ReconConfig  # noqa: E402
+from recon.rundir import load_run  # noqa: E402
+
+
+def _save(out: Path, payload: dict) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=1))
+    os.replace(tmp, out)
+
+
+def recipe(run, tol: float | None, matmul: str | None) -> ReconConfig:
+    """The run card's reconstruction recipe (the library's default for a ``train``
+    directory), with the cut-off and precision overridden where given."""
+    card = run.reproduce_card() or {}
+    base = dict(card.get("config", {}).get("recon_base", {}))
+    cfg = ReconConfig(**base) if base else ReconConfig()
+    over = {k: v for k, v in (("subspace_tol", tol), ("matmul", matmul)) if v is not None}
+    return dataclasses.replace(cfg, **over)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run", type=Path, help="a trained run directory")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--tol", type=float, help="row-space cut-off (default: the card's)")
+    ap.add_argument("--matmul", help="precision of the products (default: the card's)")
+    ap.add_argument("--basin-steps", type=int, default=1000)
+    ap.add_argument("--fair-steps", type=int, default=2000)
+    ap.add_argument("--targets", type=float, nargs="+", default=[0.8, 0.6, 0.4])
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int)
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    run = load_run(args.run)
+    task, model = run.task, run.model
+    cfg = recipe(run, args.tol, args.matmul)
+    settings = {"run": run.name, "task": task.name, "n": task.n, "seed": args.seed,
+                "recipe": cfg.to_dict(),
+                "precision": resolve_precision(cfg.matmul, "cpu", cfg.dtype)}
+    payload = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    if payload.get("settings") != settings:
+        payload = {"format": "recon-probes/1", "settings": settings}
+
+    def done(section: str, value) -> None:
+        payload[section] = value
+        payload["provenance"] = provenance(torch.device("cpu"))
+        _save(args.out, payload)
+        print(f"{section}: {json.dumps(value)}", flush=True)
+
+    if "count" not in payload:
+        p = sum(t.numel() for t in model.parameters())
+        d = task.x_train[0].numel()
+        done("count", {"params": p, "input_dim": d, "n": task.n,
+                       "params_per_training_value": p / (d * task.n)})
+    if "truth" not in payload:
+        w = model.layers[0].weight
+        diag = kkt_diagnostic(model, task.x_train.to(w), task.y_train.to(w))
+        done("truth", {"kkt_unexplained": diag.unexplained,
+                       "n_positive_multipliers": int((diag.lam > 0).sum())})
+    key = f"basin-{args.basin_steps}"
+    if key not in payload:
+        t0 = time.perf_counter()
+        rows = basin(model, task, dataclasses.replace(cfg, steps=args.basin_steps),
+                     targets=tuple(args.targets), seed=args.seed)
+        done(key, {"steps": args.basin_steps, "rows": rows,
+                   "wall_time_s": time.perf_counter() - t0})
+    key = f"fair-{args.fair_steps}"
+    if key not in payload:
+        done(key, fair_comparison(model, task, dataclasses.replace(cfg, steps=args.fair_steps),
+                                  seed=args.seed))
+
+
+if __name__ == "__main__":
+    main()
