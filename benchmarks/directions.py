@@ -18,8 +18,8 @@ held-out test images (the control):
 Nothing here reads a training image until the counts at the end; a direction is kept only if
 it beats ``recipe`` on the shadow model and then it is reported on the victim with its control.
 
-    python benchmarks/directions.py runs/mnist-n500-shadow --directions recipe birth-death \\
-        --seeds 0 --out results/directions/mnist-n500-shadow.json
+    python benchmarks/directions.py runs/mnist-n500-shadow --profile full \\
+        --directions recipe birth-death --seeds 0 --out results/directions/mnist-n500-shadow.json
 """
 
 from __future__ import annotations
@@ -44,10 +44,20 @@ from recon.rundir import held_out, load_run  # noqa: E402
 from recon.sweep.objectives import kkt_residual  # noqa: E402
 
 
-def card_recipe(run) -> ReconConfig:
+def card_recipe(run, profile: str | None) -> ReconConfig:
+    """The reconstruction recipe of the run's card, or of ``profile`` (``recon.pipeline``)
+    for a ``train`` directory (a shadow model); m = 2n."""
+    from recon.pipeline import PROFILES
+
     card = run.reproduce_card() or {}
     base = card.get("config", {}).get("recon_base")
-    cfg = ReconConfig(**base) if base else ReconConfig()
+    if base:
+        cfg = ReconConfig(**base)
+    elif profile:
+        cfg = PROFILES[profile][run.task.name]["recon"]
+    else:
+        raise SystemExit(f"error: {run.path} has no reproduce card; name the recipe with "
+                         "--profile (e.g. full)")
     return dataclasses.replace(cfg, n_candidates=2 * run.task.n)
 
 
@@ -86,13 +96,37 @@ DIRECTIONS = {
 }
 
 
+def direction(spec: str):
+    """A built-in direction, or ``NAME:KEY=VALUE,...``: the recipe with those fields."""
+    if spec in DIRECTIONS:
+        return DIRECTIONS[spec]
+    name, sep, body = spec.partition(":")
+    if not sep:
+        raise SystemExit(f"error: unknown direction {spec!r}; built in: "
+                         f"{', '.join(sorted(DIRECTIONS))}, or NAME:KEY=VALUE,...")
+    over = {}
+    for item in filter(None, body.split(",")):
+        key, _, value = item.partition("=")
+        for cast in (int, float, str):
+            try:
+                over[key.strip()] = cast(value)
+                break
+            except ValueError:
+                pass
+    return (lambda cfg: dataclasses.replace(cfg, **over)), run_recipe
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run", type=Path)
-    ap.add_argument("--directions", nargs="+", choices=sorted(DIRECTIONS), required=True)
+    ap.add_argument("--directions", nargs="+", required=True,
+                    help=f"built in: {', '.join(sorted(DIRECTIONS))}; or NAME:KEY=VALUE,... "
+                         "(the recipe with fields of ReconConfig changed, e.g. "
+                         "'alpha 1000:alpha=1000')")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--steps", type=int, help="the budget (default: the card's steps)")
+    ap.add_argument("--profile", help="the recipe of a train directory (a shadow model)")
     ap.add_argument("--threads", type=int)
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
@@ -100,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     run = load_run(args.run)
     task, model = run.task, run.model
-    base = card_recipe(run)
+    base = card_recipe(run, args.profile)
     if args.steps:
         base = dataclasses.replace(base, steps=args.steps)
     payload = json.loads(args.out.read_text()) if args.out.is_file() else {
@@ -111,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
         for seed in args.seeds:
             if (run.name, name, seed) in done:
                 continue
-            make, go = DIRECTIONS[name]
+            make, go = direction(name)
             cfg = make(dataclasses.replace(base, seed=seed))
             t0 = time.perf_counter()
             x, lam, y, wall, extra = go(model, task, cfg)

@@ -17,6 +17,8 @@ profile's, for a ``reproduce --profile full`` directory) unless overridden:
 
     python benchmarks/probes.py results/reproduce/mnist-full-n500 \\
         --out results/probes/mnist-n500.json
+    python benchmarks/probes.py runs/mnist-n500-shadow --profile full --set alpha=1000 \\
+        --targets 0.8 --skip-fair --out results/probes/mnist-n500-shadow-alpha1000.json
 
 Sections already in ``--out`` with the same settings are kept and skipped, so an interrupted
 run resumes. Every section records its wall time; the file records the command, revision and
@@ -53,13 +55,29 @@ def _save(out: Path, payload: dict) -> None:
     os.replace(tmp, out)
 
 
-def recipe(run, tol: float | None, matmul: str | None) -> ReconConfig:
-    """The run card's reconstruction recipe (the library's default for a ``train``
-    directory), with the cut-off and precision overridden where given."""
+def recipe(run, profile: str | None, overrides: list[str]) -> ReconConfig:
+    """The run card's reconstruction recipe (or, for a ``train`` directory such as a shadow
+    model, ``profile``'s from :data:`recon.pipeline.PROFILES`; else the library's default),
+    with ``KEY=VALUE`` overrides of :class:`ReconConfig` fields."""
+    from recon.pipeline import PROFILES
+
     card = run.reproduce_card() or {}
     base = dict(card.get("config", {}).get("recon_base", {}))
-    cfg = ReconConfig(**base) if base else ReconConfig()
-    over = {k: v for k, v in (("subspace_tol", tol), ("matmul", matmul)) if v is not None}
+    if base:
+        cfg = ReconConfig(**base)
+    elif profile:
+        cfg = PROFILES[profile][run.task.name]["recon"]
+    else:
+        cfg = ReconConfig()
+    over = {}
+    for item in overrides:
+        key, _, value = item.partition("=")
+        for cast in (int, float, str):
+            try:
+                over[key] = cast(value)
+                break
+            except ValueError:
+                pass
     return dataclasses.replace(cfg, **over)
 
 
@@ -68,8 +86,10 @@ def main(argv: list[str] | None = None) -> None:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run", type=Path, help="a trained run directory")
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--tol", type=float, help="row-space cut-off (default: the card's)")
-    ap.add_argument("--matmul", help="precision of the products (default: the card's)")
+    ap.add_argument("--profile", help="the recipe of a train directory (a shadow model)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a field of the recipe, e.g. --set alpha=1000 (repeatable)")
+    ap.add_argument("--skip-fair", action="store_true", help="the basin only")
     ap.add_argument("--basin-steps", type=int, default=1000)
     ap.add_argument("--fair-steps", type=int, default=2000)
     ap.add_argument("--targets", type=float, nargs="+", default=[0.8, 0.6, 0.4])
@@ -81,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
 
     run = load_run(args.run)
     task, model = run.task, run.model
-    cfg = recipe(run, args.tol, args.matmul)
+    cfg = recipe(run, args.profile, args.set)
     settings = {"run": run.name, "task": task.name, "n": task.n, "seed": args.seed,
                 "recipe": cfg.to_dict(),
                 "precision": resolve_precision(cfg.matmul, "cpu", cfg.dtype)}
@@ -113,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
         done(key, {"steps": args.basin_steps, "rows": rows,
                    "wall_time_s": time.perf_counter() - t0})
     key = f"fair-{args.fair_steps}"
-    if key not in payload:
+    if key not in payload and not args.skip_fair:
         done(key, fair_comparison(model, task, dataclasses.replace(cfg, steps=args.fair_steps),
                                   seed=args.seed))
 
