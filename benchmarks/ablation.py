@@ -202,8 +202,11 @@ def main(argv: list[str] | None = None) -> None:
         run = load_run(run_dir)
         task, model = run.task, run.model
         steps = args.steps or recipe_steps(run) or ReconConfig().steps
+        card = run.reproduce_card() or {}
         common = {"run": run.name, "task": task.name, "n": task.n, "steps": steps,
-                  "train_matmul": run.trained.config.matmul}
+                  "train_matmul": run.trained.config.matmul,
+                  # the share of ||theta||^2 the true training set leaves unexplained
+                  "kkt_unexplained": card.get("train", {}).get("kkt_unexplained")}
         for variant, over in variants.items():
             if over.get("first_layer"):  # the baseline: W1's rows, no search, no seed
                 if (run.name, variant, 0) not in done:
