@@ -89,7 +89,7 @@ from IPython.display import Markdown, display
 from recon.cache import cached
 from recon.evaluate import evaluate_both, ncc_pairs
 from recon.models import relu_soft_backward
-from recon.notebook import glue
+from recon.notebook import glue, markdown_table
 from recon.plots import plot_history, plot_images, plot_pairs, plot_snapshots, to_display
 from recon.reconstruct import (
     ReconConfig,
@@ -794,6 +794,146 @@ else:
 # candidates): the same digits, with their slant and the quirks of their strokes, not
 # averages of a class. Chapter 4 checks these counts against the stricter controls, and the
 # Results chapter compares them with the paper.
+
+# %% [markdown]
+# ## 8. The paper's own reconstruction, beside this one
+#
+# Section 3 listed what this chapter's recipe changes in the paper's. To see what the changes
+# buy, `benchmarks/time_to_recovery.py` runs both on the *same* trained model, the quick
+# profile's MNIST model (`python -m recon reproduce mnist --profile quick`: 50 digits, the
+# recipe of chapter 2), from the same seed, and counts the training images recovered
+# (one-to-one, NCC > 0.9) at snapshots along each run, against the wall time so far. The
+# paper's run is its reconstruction as written: its loss on the pixels (no row space), SGD
+# with momentum, the $[-1, 1]$ box, full precision and 50,000 steps, with the
+# hyperparameters of its good runs (`ReconConfig.paper()`, inside the ranges of its random
+# search). The dashed lines match the same candidates to as many test digits, which the model
+# never saw: the count that generic digits reach.
+
+# %%
+ttr = json.loads((RESULTS / "benchmarks" / "time_to_recovery-mnist-n50.json").read_text())
+fig, ax = plt.subplots(figsize=(6.4, 3.4))
+ttr_rows = []
+for i, e in enumerate(sorted(ttr["entries"], key=lambda e: e["variant"])):
+    tr = e["trajectory"]
+    minutes = [max(p["time_s"], 1e-3) / 60 for p in tr]
+    label = {"book": "this chapter's recipe", "paper": "the paper's reconstruction"}[e["variant"]]
+    ax.plot(minutes, [p["train_ncc>0.9"] for p in tr], "-o", ms=3, color=f"C{i}",
+            label=f"{label}: training digits")
+    ax.plot(minutes, [p["test_ncc>0.9"] for p in tr], "--", color=f"C{i}", alpha=0.7,
+            label=f"{label}: test digits (control)")
+    first = next((p for p in tr if p["train_ncc>0.9"] >= 10), None)
+    cfg = e["config"]
+    ttr_rows.append({
+        "recipe": label, "optimiser": cfg["optimizer"], "box": cfg["box"],
+        "row space": "yes" if cfg["subspace_tol"] > 0 else "no", "steps": cfg["steps"],
+        "minutes": tr[-1]["time_s"] / 60,
+        "NCC>0.9 (1-1)": tr[-1]["train_ncc>0.9"], "vs test images": tr[-1]["test_ncc>0.9"],
+        "NCC>0.8 (1-1)": tr[-1]["train_ncc>0.8"],
+        "minutes to 10 images": first["time_s"] / 60 if first else None,
+        "residual at the end": e["stat_rel_f64"]})
+    glue(f"ttr_{e['variant']}_ncc9", tr[-1]["train_ncc>0.9"], display=False)
+    glue(f"ttr_{e['variant']}_test9", tr[-1]["test_ncc>0.9"], display=False)
+    glue(f"ttr_{e['variant']}_min", tr[-1]["time_s"] / 60, display=False)
+    glue(f"ttr_{e['variant']}_res", e["stat_rel_f64"], display=False)
+ax.set_xscale("log")
+ax.set_xlabel("minutes of reconstruction (one CPU core)")
+ax.set_ylabel("images with NCC > 0.9 (of 50)")
+ax.legend(fontsize=7)
+fig.tight_layout()
+plt.show()
+display(Markdown(markdown_table(ttr_rows, {"minutes": ".1f", "minutes to 10 images": ".1f",
+                                           "residual at the end": ".2%"})))
+ttr_by = {e["variant"]: e for e in ttr["entries"]}
+print("measured on:", ttr["provenance"]["device"], ttr["provenance"]["cpu"]["model"],
+      "| command:", ttr["provenance"]["command"])
+
+assert ttr_by["book"]["trajectory"][-1]["train_ncc>0.9"] > ttr_by["paper"]["trajectory"][-1][
+    "train_ncc>0.9"]  # the sentence below says the recipe recovers more, in less time
+assert ttr_by["book"]["trajectory"][-1]["time_s"] < ttr_by["paper"]["trajectory"][-1]["time_s"]
+
+# %% [markdown]
+# **What to notice.** On the same model, this chapter's recipe recovers
+# {glue:text}`ttr_book_ncc9` of the 50 digits in {glue:text}`ttr_book_min:.1f` minutes; the
+# paper's reconstruction, run to its full 50,000 steps ({glue:text}`ttr_paper_min:.0f`
+# minutes), recovers {glue:text}`ttr_paper_ncc9` and leaves {glue:text}`ttr_paper_res:.1%` of
+# $\|\theta\|^2$ unexplained, against {glue:text}`ttr_book_res:.1%`. Neither recipe's
+# candidates match a test digit above 0.9. The paper tuned its hyperparameters per model by
+# random search over many runs and ran on a GPU; one run with the hyperparameters of its good
+# runs is what a CPU budget buys, and it is not enough.
+
+# %% [markdown]
+# Between the two recipes lie several changes at once. `benchmarks/ablation.py custom`
+# separates them, one at a time, from the same three seeds, at this chapter's budget (the
+# quick profile's 2,000 steps, $m = 2n$): the recipe; the recipe without the row space (Adam
+# on the pixels: the paper's problem with this chapter's optimiser); the row space with the
+# paper's optimiser, box and multiplier step (SGD with momentum, $[-1, 1]$, `lr_lambda`
+# $10^{-4}$, `alpha` 20); and the paper's baseline, no search at all: the rows of $W_1$ as
+# candidates, with both signs. It does so on three models trained on the same 50 digits: the
+# quick model (3,000 epochs with weight decay 0.02), the same training stopped at the first
+# epoch with zero training error, and 3,000 epochs without weight decay. The last two are far
+# from a KKT point (the column "unexplained at the truth" is the share of $\|\theta\|^2$ that
+# the true training set leaves unexplained with its exact multipliers, chapter 2). The
+# control matches the same candidates to 50 test digits.
+
+# %%
+parts = json.loads((RESULTS / "ablation" / "parts-mnist-n50.json").read_text())
+model_label = {"mnist-quick-n50": "quick (weight decay, 3,000 epochs)",
+               "mnist-stop_when_fit=true": "stopped at zero training error",
+               "mnist-weight_decay=0": "no weight decay"}
+groups = {}
+for e in parts["entries"]:
+    groups.setdefault((e["run"], e["variant"]), []).append(e)
+part_rows = []
+for (run_name, variant), es in sorted(groups.items(),
+                                      key=lambda kv: (list(model_label).index(kv[0][0]),)):
+    c9 = [e["counts"]["one_to_one"]["ncc>0.9"] for e in es]
+    t9 = [e["counts"]["test_control"]["ncc>0.9"] for e in es]
+    part_rows.append({
+        "model": model_label[run_name],
+        "unexplained at the truth": es[0]["kkt_unexplained"], "reconstruction": variant,
+        "seeds": len(es),
+        "NCC>0.9 (1-1)": f"{sum(c9) / len(c9):.1f} ({min(c9)}-{max(c9)})",
+        "vs test images": f"{sum(t9) / len(t9):.1f}",
+        "residual at the end": (sum(e["stat_rel_f64"] for e in es) / len(es)
+                                if es[0]["stat_rel_f64"] is not None else None)})
+    short_run = {"mnist-quick-n50": "quick", "mnist-stop_when_fit=true": "stop",
+                 "mnist-weight_decay=0": "nowd"}[run_name]
+    short_var = {"recipe": "recipe", "no row space": "norow",
+                 "row space, paper's optimiser": "sgd", "first layer": "w1"}[variant]
+    glue(f"parts_{short_run}_{short_var}", sum(c9) / len(c9), display=False)
+display(Markdown(markdown_table(part_rows, {"unexplained at the truth": ".1%",
+                                            "residual at the end": ".2%"})))
+parts_mean = {(r, v): sum(e["counts"]["one_to_one"]["ncc>0.9"] for e in es) / len(es)
+              for (r, v), es in groups.items()}
+print("mean (min-max) over seeds 0-2 | measured on:", parts["provenance"]["device"],
+      parts["provenance"]["cpu"]["model"])
+
+q, stop, free = "mnist-quick-n50", "mnist-stop_when_fit=true", "mnist-weight_decay=0"
+# the comparisons the text below makes, checked on the committed numbers
+assert parts_mean[q, "recipe"] > parts_mean[q, "no row space"] > parts_mean[
+    q, "row space, paper's optimiser"]
+for r in (stop, free):  # far from a KKT point the row space changes little, SGD loses all
+    assert abs(parts_mean[r, "recipe"] - parts_mean[r, "no row space"]) <= 2
+    assert parts_mean[r, "row space, paper's optimiser"] <= 1
+    assert parts_mean[r, "recipe"] > 3 * parts_mean[r, "first layer"]
+
+# %% [markdown]
+# **What to notice.** On the quick model each change pays: Adam in the row space recovers
+# {glue:text}`parts_quick_recipe:.0f` digits on average, Adam on the pixels
+# {glue:text}`parts_quick_norow:.0f`, and the paper's optimiser, even inside
+# the row space, none at this budget; the rows of $W_1$ alone give
+# {glue:text}`parts_quick_w1:.0f`. On the two models far from a KKT point
+# (more than 90% of $\|\theta\|^2$ unexplained at the truth) the recipe still recovers
+# {glue:text}`parts_stop_recipe:.0f` and
+# {glue:text}`parts_nowd_recipe:.0f` digits, with no test digit matched, but
+# there the row space changes almost nothing
+# ({glue:text}`parts_stop_norow:.0f` and
+# {glue:text}`parts_nowd_norow:.0f` without it), while the paper's
+# optimiser still finds nothing. So what carries the attack on models far from a KKT point is
+# the search (Adam on the stationarity loss), not the row-space prior; and it is not the first
+# layer alone, whose rows give {glue:text}`parts_stop_w1:.0f`
+# and {glue:text}`parts_nowd_w1:.0f`. Reaching a KKT point is not a
+# precondition of the attack as run here; it is what makes the row space pay.
 
 # %% [markdown]
 # ## Exercises

@@ -6,8 +6,8 @@ Each command reads and writes one run directory::
     RUN/reconstruction.pt   candidates, multipliers, loss history (resumable)
     RUN/evaluation.json     the paper's protocol under both matchings + the baseline
     RUN/pairs.png           best reconstructions above their matched training images
-    RUN/run.json            the run card: task, configs, metrics, wall times, provenance
-    RUN/sweep/              `sweep`: optuna.db (the study), STUDY/trial-*.pt, STUDY/pool.json
+    RUN/run.json            the run record: task, configs, metrics, wall times, provenance
+    RUN/sweep/              `sweep`: optuna.db (Optuna's trial store), NAME/trial-*.pt, NAME/pool.json
 
 Example (about two minutes on two CPU cores)::
 
@@ -16,7 +16,7 @@ Example (about two minutes on two CPU cores)::
     python -m recon reconstruct --run runs/mnist-small --steps 1000
     python -m recon evaluate --run runs/mnist-small
 
-Hyperparameter sweep (an Optuna study; every process running the same command joins it; with
+Hyperparameter sweep (its trials kept by Optuna; every process running the same command joins it; with
 ``--storage postgresql://user:pass@host/db`` processes on many machines do)::
 
     python -m recon sweep --run runs/mnist-small --trials 16 --steps 1000
@@ -43,10 +43,10 @@ __all__ = ["main"]
 
 
 def _read_card(run: Path) -> dict:
-    from .rundir import read_run_card
+    from .rundir import read_run_record
 
     try:
-        return read_run_card(run)
+        return read_run_record(run)
     except ValueError as e:
         raise SystemExit(f"error: {e}") from e
 

@@ -3,12 +3,12 @@
 ``python -m recon train`` and ``python -m recon reproduce`` write a *run directory*:
 
 * ``RUN/model.pt``: the trained weights (a :func:`recon.train.save_checkpoint` file);
-* ``RUN/run.json``: the run card, whose ``task`` entry names the exact task the model was
+* ``RUN/run.json``: the *run record*, whose ``task`` entry names the exact task the model was
   trained on (data set, images per class, for a *shadow* model the images skipped per class,
   and the fraction and seed of flipped labels; :func:`task_card` writes it, :func:`run_task`
   reads it back);
 * ``RUN/reconstruction.pt``: a reconstruction (``python -m recon reconstruct``), if any;
-* ``RUN/card.json``: the reproduce card, in a directory of ``python -m recon reproduce``.
+* ``RUN/card.json``: the *run card*, in a directory of ``python -m recon reproduce``.
 
 :func:`load_run` reads all of it: the model together with the task *as trained* (the shadow
 images and the noisy labels included). The command line, the sweep and the benchmark scripts
@@ -25,10 +25,10 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["Run", "held_out", "load_run", "read_run_card", "run_task", "task_card"]
+__all__ = ["Run", "held_out", "load_run", "read_run_record", "run_task", "task_card"]
 
 
-def read_run_card(run: str | os.PathLike) -> dict:
+def read_run_record(run: str | os.PathLike) -> dict:
     """``RUN/run.json`` as a dict; ``{}`` when the directory has none yet. A file that is not
     valid JSON raises ``ValueError`` naming it."""
     path = Path(run) / "run.json"
@@ -42,7 +42,7 @@ def read_run_card(run: str | os.PathLike) -> dict:
 
 def task_card(task, *, skip_per_class: int = 0, label_noise: float = 0.0,
               label_noise_seed: int = 0) -> dict:
-    """The run card's ``task`` entry for ``task``, built as
+    """The run record's ``task`` entry for ``task``, built as
     ``flip_labels(load_task(name, n_per_class, n_test_per_class, skip_per_class=...),
     label_noise, label_noise_seed)``: what :func:`run_task` needs to build it again.
 
@@ -148,7 +148,7 @@ def load_run(run: str | os.PathLike, map_location: str | torch.device = "cpu") -
     from .train import load_checkpoint
 
     path = Path(run)
-    card = read_run_card(path)
+    card = read_run_record(path)
     if "task" not in card or not (path / "model.pt").is_file():
         raise FileNotFoundError(
             f"{path} holds no trained model (run.json + model.pt); run `python -m recon train "

@@ -11,7 +11,7 @@ import torch
 
 from recon.data import flip_labels, load_task
 from recon.models import MLP
-from recon.rundir import held_out, load_run, read_run_card, run_task, task_card
+from recon.rundir import held_out, load_run, read_run_record, run_task, task_card
 from recon.train import TrainConfig, train_task
 
 
@@ -19,16 +19,16 @@ def test_run_task_keeps_the_shadow_models_skip(tmp_path, data_dir):
     card = {"task": {"name": "mnist", "n_per_class": 3, "n_test_per_class": 4,
                      "skip_per_class": 5}}
     (tmp_path / "run.json").write_text(json.dumps(card))
-    task = run_task(read_run_card(tmp_path), tmp_path)
+    task = run_task(read_run_record(tmp_path), tmp_path)
     assert torch.equal(task.index_train, load_task("mnist", 3, 4, skip_per_class=5).index_train)
     assert not torch.equal(task.index_train, load_task("mnist", 3, 4).index_train)
 
 
-def test_read_run_card_missing_and_corrupt(tmp_path):
-    assert read_run_card(tmp_path) == {}
+def test_read_run_record_missing_and_corrupt(tmp_path):
+    assert read_run_record(tmp_path) == {}
     (tmp_path / "run.json").write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
-        read_run_card(tmp_path)
+        read_run_record(tmp_path)
     with pytest.raises(FileNotFoundError, match="python -m recon train"):
         run_task({}, tmp_path)
 
@@ -106,7 +106,7 @@ def test_load_run_returns_the_shadow_images_and_the_noisy_labels(shadow_run):
 
 def test_task_card_round_trips_through_run_task(shadow_run, tmp_path):
     path, trained_on, _ = shadow_run
-    card = read_run_card(path)
+    card = read_run_record(path)
     assert card["task"] == {"name": "mnist", "n_per_class": 3, "n_test_per_class": 4, "n": 6,
                             "source": trained_on.source_kind, "skip_per_class": SKIP,
                             "label_noise": NOISE, "label_noise_seed": NOISE_SEED}
