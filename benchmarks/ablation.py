@@ -89,23 +89,29 @@ def rank_kept(model, tol: float) -> int | None:
     return first_layer_basis(model, tol).shape[1] if tol > 0 else None
 
 
+def parse_overrides(items) -> dict:
+    """``["key=value", ...]`` as ``{key: value}``, each value an int, else a float, else the
+    text (fields of :class:`recon.reconstruct.ReconConfig`); empty items are skipped."""
+    over = {}
+    for item in filter(None, items):
+        key, _, value = item.partition("=")
+        for cast in (int, float):
+            try:
+                value = cast(value)
+                break
+            except ValueError:
+                pass
+        over[key.strip()] = value
+    return over
+
+
 def _parse_variants(specs: list[str]) -> dict[str, dict]:
     if not specs:
         raise SystemExit("error: the custom ablation needs at least one --variant NAME:key=value")
     out = {}
     for spec in specs:
         name, _, body = spec.partition(":")
-        over = {}
-        for item in filter(None, body.split(",")):
-            key, _, value = item.partition("=")
-            for cast in (int, float):
-                try:
-                    value = cast(value)
-                    break
-                except ValueError:
-                    pass
-            over[key.strip()] = value
-        out[name] = over
+        out[name] = parse_overrides(body.split(","))
     return out
 
 

@@ -27,16 +27,18 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
+from ablation import parse_overrides  # noqa: E402
 
 from recon.evaluate import evaluate  # noqa: E402
+from recon.files import atomic_write_json  # noqa: E402
 from recon.hardware import resolve_precision  # noqa: E402
 from recon.provenance import provenance  # noqa: E402
 from recon.reconstruct import ReconConfig, reconstruct  # noqa: E402
@@ -104,15 +106,7 @@ def direction(spec: str):
     if not sep:
         raise SystemExit(f"error: unknown direction {spec!r}; built in: "
                          f"{', '.join(sorted(DIRECTIONS))}, or NAME:KEY=VALUE,...")
-    over = {}
-    for item in filter(None, body.split(",")):
-        key, _, value = item.partition("=")
-        for cast in (int, float, str):
-            try:
-                over[key.strip()] = cast(value)
-                break
-            except ValueError:
-                pass
+    over = parse_overrides(body.split(","))
     return (lambda cfg: dataclasses.replace(cfg, **over)), run_recipe
 
 
@@ -159,10 +153,7 @@ def main(argv: list[str] | None = None) -> None:
                      "counts": {"one_to_one": tr.counts(), "test_control": te.counts()}}
             payload["entries"].append(entry)
             payload["provenance"] = provenance(torch.device("cpu"))
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = args.out.with_name(args.out.name + ".tmp")
-            tmp.write_text(json.dumps(payload, indent=1))
-            os.replace(tmp, args.out)
+            atomic_write_json(payload, args.out)
             print(f"{run.name} {name} seed {seed}: NCC>0.9 {tr.count(ncc_above=0.9)} "
                   f"(test {te.count(ncc_above=0.9)}), NCC>0.8 {tr.count(ncc_above=0.8)} "
                   f"(test {te.count(ncc_above=0.8)}), residual {entry['residual_exact']:.4f}, "

@@ -30,29 +30,24 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
 # the library of this checkout (and its revision in the results), not whichever is installed
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
+from ablation import parse_overrides  # noqa: E402
 
+from recon.files import atomic_write_json  # noqa: E402
 from recon.hardware import resolve_precision  # noqa: E402
 from recon.kkt import kkt_diagnostic  # noqa: E402
 from recon.probes import basin, fair_comparison  # noqa: E402
 from recon.provenance import provenance  # noqa: E402
 from recon.reconstruct import ReconConfig  # noqa: E402
 from recon.rundir import load_run  # noqa: E402
-
-
-def _save(out: Path, payload: dict) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=1))
-    os.replace(tmp, out)
 
 
 def recipe(run, profile: str | None, overrides: list[str]) -> ReconConfig:
@@ -69,16 +64,7 @@ def recipe(run, profile: str | None, overrides: list[str]) -> ReconConfig:
         cfg = PROFILES[profile][run.task.name]["recon"]
     else:
         cfg = ReconConfig()
-    over = {}
-    for item in overrides:
-        key, _, value = item.partition("=")
-        for cast in (int, float, str):
-            try:
-                over[key] = cast(value)
-                break
-            except ValueError:
-                pass
-    return dataclasses.replace(cfg, **over)
+    return dataclasses.replace(cfg, **parse_overrides(overrides))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -112,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     def done(section: str, value) -> None:
         payload[section] = value
         payload["provenance"] = provenance(torch.device("cpu"))
-        _save(args.out, payload)
+        atomic_write_json(payload, args.out)
         print(f"{section}: {json.dumps(value)}", flush=True)
 
     if "count" not in payload:
