@@ -7,7 +7,8 @@ Each command reads and writes one run directory::
     RUN/evaluation.json     the paper's protocol under both matchings + the baseline
     RUN/pairs.png           best reconstructions above their matched training images
     RUN/run.json            the run record: task, configs, metrics, wall times, provenance
-    RUN/sweep/              `sweep`: optuna.db (Optuna's trial store), NAME/trial-*.pt, NAME/pool.json
+    RUN/sweep/              `sweep`: optuna.db (Optuna's trial store), NAME/trial-*.pt,
+                            NAME/pool.json
 
 Example (about two minutes on two CPU cores)::
 
@@ -16,8 +17,8 @@ Example (about two minutes on two CPU cores)::
     python -m recon reconstruct --run runs/mnist-small --steps 1000
     python -m recon evaluate --run runs/mnist-small
 
-Hyperparameter sweep (its trials kept by Optuna; every process running the same command joins it; with
-``--storage postgresql://user:pass@host/db`` processes on many machines do)::
+Hyperparameter sweep (its trials kept by Optuna; every process running the same command joins
+it; with ``--storage postgresql://user:pass@host/db`` processes on many machines do)::
 
     python -m recon sweep --run runs/mnist-small --trials 16 --steps 1000
 
