@@ -13,7 +13,12 @@ held-out test images (the control):
 * ``birth-death``: ``free-mass`` in rounds; after each round the candidates whose multiplier
   fell under a tenth of the median are reborn at a fresh random start (the sparse-spikes
   idea: mass that the residual does not need is moved to where it may be needed). The
-  optimiser's state restarts with each round.
+  optimiser's state restarts with each round;
+* ``schedule:TOL@SHARE,...,TOL``: coarse to fine in the row space's cut-off: the first stage
+  runs at cut-off ``TOL`` for ``SHARE`` of the budget, each later stage likewise, the last for
+  what is left (``schedule:1e-2@0.67,3e-5``: two thirds at the full profile's 1e-2, where random
+  starts find images, the rest at 3e-5, where the truth's basin is wide). Candidates and
+  multipliers carry over; the optimiser's state restarts with each stage.
 
 Nothing here reads a training image until the counts at the end; a direction is kept only if
 it beats ``recipe`` on the shadow model and then it is reported on the victim with its control.
@@ -91,6 +96,44 @@ def run_birth_death(model, task, cfg, rounds: int = 6, dead_share: float = 0.1):
     return x, lam, y, wall, {"rounds": rounds, "dead_share": dead_share, "reborn": reborn}
 
 
+def parse_schedule(body: str) -> list[tuple[float, float | None]]:
+    """``TOL@SHARE,...,TOL`` as ``[(tol, share), ..., (tol, None)]``, checked."""
+    stages: list[tuple[float, float | None]] = []
+    parts = [p.strip() for p in body.split(",") if p.strip()]
+    for i, part in enumerate(parts):
+        tol, sep, share = part.partition("@")
+        try:
+            stage = (float(tol), float(share) if sep else None)
+        except ValueError:
+            raise SystemExit(f"error: schedule stage {part!r} is not TOL@SHARE or TOL") from None
+        if (stage[1] is None) != (i == len(parts) - 1):
+            raise SystemExit("error: every schedule stage but the last needs @SHARE (a fraction "
+                             f"of the budget), e.g. schedule:1e-2@0.67,3e-5; got {body!r}")
+        stages.append(stage)
+    shares = sum(s for _, s in stages[:-1])
+    if len(stages) < 2 or not 0 < shares < 1:
+        raise SystemExit(f"error: a schedule needs two or more stages whose shares sum under 1, "
+                         f"got {body!r}")
+    return stages
+
+
+def run_schedule(stages):
+    def go(model, task, cfg):
+        x = lam = y = None
+        wall, done, steps_per = 0.0, 0, []
+        for i, (tol, share) in enumerate(stages):
+            steps = round(share * cfg.steps) if share is not None else cfg.steps - done
+            res = reconstruct(model, dataclasses.replace(cfg, steps=steps, subspace_tol=tol,
+                                                         seed=cfg.seed + 97 * i),
+                              mean=task.mean, x_init=x, lam_init=lam, y=y, progress=False)
+            x, lam, y, wall = res.x, res.lam, res.y, wall + res.wall_time
+            done += steps
+            steps_per.append(steps)
+        return x, lam, y, wall, {"schedule": [{"subspace_tol": t, "steps": k}
+                                              for (t, _), k in zip(stages, steps_per)]}
+    return go
+
+
 DIRECTIONS = {
     "recipe": (lambda cfg: cfg, run_recipe),
     "free-mass": (lambda cfg: dataclasses.replace(cfg, lambda_min=0.05), run_recipe),
@@ -103,9 +146,12 @@ def direction(spec: str):
     if spec in DIRECTIONS:
         return DIRECTIONS[spec]
     name, sep, body = spec.partition(":")
+    if name == "schedule" and sep:
+        return (lambda cfg: cfg), run_schedule(parse_schedule(body))
     if not sep:
         raise SystemExit(f"error: unknown direction {spec!r}; built in: "
-                         f"{', '.join(sorted(DIRECTIONS))}, or NAME:KEY=VALUE,...")
+                         f"{', '.join(sorted(DIRECTIONS))}, schedule:TOL@SHARE,...,TOL, or "
+                         "NAME:KEY=VALUE,...")
     over = parse_overrides(body.split(","))
     return (lambda cfg: dataclasses.replace(cfg, **over)), run_recipe
 
@@ -115,7 +161,8 @@ def main(argv: list[str] | None = None) -> None:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run", type=Path)
     ap.add_argument("--directions", nargs="+", required=True,
-                    help=f"built in: {', '.join(sorted(DIRECTIONS))}; or NAME:KEY=VALUE,... "
+                    help=f"built in: {', '.join(sorted(DIRECTIONS))}; schedule:TOL@SHARE,...,TOL "
+                         "(coarse to fine in the cut-off); or NAME:KEY=VALUE,... "
                          "(the recipe with fields of ReconConfig changed, e.g. "
                          "'alpha 1000:alpha=1000')")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
