@@ -82,6 +82,7 @@ glue_runtime("01_implicit_bias")  # the runtime line above, from the committed t
 
 # %%
 import copy
+import dataclasses
 import math
 
 import matplotlib.pyplot as plt
@@ -804,33 +805,54 @@ plt.show()
 # (PyTorch gives every layer a bias), scale all its parameters by $c$ and plot
 # $|\Phi(c\theta;x)|/|\Phi(\theta;x)|$ against $c$ as in Section 1. Is it a power law? What
 # does `MLP.from_sequential` say about this network?
-
-# %% [markdown]
-# :::{admonition} Solution
-# :class: dropdown
-# ```python
-# torch.manual_seed(0)
-# seq = nn.Sequential(nn.Linear(2, 50), nn.ReLU(), nn.Linear(50, 50), nn.ReLU(),
-#                     nn.Linear(50, 1)).double()
-# with torch.no_grad():
-#     base = seq(toy_x).abs()
-#     rel = [(scaled(seq, c)(toy_x).abs() / base).mean().item() for c in cs]
-# plt.loglog(cs, rel, "o", cs, cs**3, "k-")
-# from recon.models import UnsupportedModelError
 #
-# try:
-#     MLP.from_sequential(seq, (2,))
-# except UnsupportedModelError as e:
-#     print(e)
-# ```
-# The curve is not a straight line. For $c>1$ it approaches slope 3 (the paths through all
+# :::{admonition} Solution 1
+# :class: dropdown
+# The curve is not a straight line on log-log axes (the folded cell below plots it beside
+# $c^3$ and prints its local slopes). For $c>1$ it approaches slope 3 (the paths through all
 # three weight matrices dominate); for $c<1$ the biases of the later layers, whose terms have
-# lower degree, take over, and the ratio flattens and wiggles (terms of different degree can
-# even cancel). Without homogeneity the normalised margin is not scale-invariant, the
-# implicit-bias theorem does not apply, and there is no stationarity equation to invert;
-# `from_sequential` refuses the network with an `UnsupportedModelError` that names the hidden
-# bias.
+# lower degree, take over, and the ratio flattens (terms of different degree can even
+# cancel). Without homogeneity the normalised margin is not scale-invariant and the
+# implicit-bias theorem of Section 2 does not apply. `from_sequential` still accepts the
+# network, but marks it `all_biases`: with weight decay a stationary point of the
+# regularised loss still gives the stationarity equation (with the biases among the
+# parameters), so the reconstruction can run, but only at such a point, not at the
+# direction gradient descent converges to without weight decay. A network with biases in
+# some hidden layers and not others is refused with an `UnsupportedModelError`.
 # :::
+
+# %% tags=["hide-cell"]
+# Solution to exercise 1
+from recon.models import UnsupportedModelError
+
+torch.manual_seed(0)
+seq = nn.Sequential(nn.Linear(2, 50), nn.ReLU(), nn.Linear(50, 50), nn.ReLU(),
+                    nn.Linear(50, 1)).double()
+with torch.no_grad():
+    base = seq(toy_x).abs()
+    rel = np.array([(scaled(seq, c)(toy_x).abs() / base).mean().item() for c in cs])
+slopes = np.diff(np.log(rel)) / np.diff(np.log(cs))
+fig, ax = plt.subplots(figsize=(4.2, 3.2))
+ax.loglog(cs, rel, "o", label="biases in every layer")
+ax.loglog(cs, cs**3, "k-", label="$c^3$")
+ax.set_xlabel("$c$")
+ax.set_ylabel(r"$|\Phi(c\theta;x)|\,/\,|\Phi(\theta;x)|$")
+ax.legend()
+plt.show()
+print("local slopes from c = 0.1 to 10:", np.array2string(slopes, precision=2))
+assert slopes[-1] > 2.5 and slopes.max() - slopes.min() > 0.5  # not one power law
+converted = MLP.from_sequential(seq, (2,))
+with torch.no_grad():
+    torch.testing.assert_close(converted(toy_x).squeeze(), seq(toy_x).squeeze())
+print("from_sequential: all_biases =", converted.all_biases)
+assert converted.all_biases
+with torch.no_grad():
+    seq[2].bias = None  # a bias in the first and last layers, none in the middle
+try:
+    MLP.from_sequential(seq, (2,))
+    raise AssertionError("from_sequential accepted biases in some hidden layers only")
+except UnsupportedModelError as e:
+    print(e)
 
 # %% [markdown]
 # **2. Reconstruction without weight decay.** The network `net_plain` was trained without
@@ -841,55 +863,118 @@ plt.show()
 # `cfg = ReconConfig(**RECON)` (check that `lambda_min` is below the multipliers of the margin
 # samples). Does the control still hold? Does the random start recover more?
 #
-# :::{admonition} Solution
+# :::{admonition} Solution 2
 # :class: dropdown
 # Without weight decay the network is only on its way to a KKT point: the best multipliers
-# leave a clearly larger part of $\|\theta\|^2$ unexplained (Section 3's figure), and their
-# support is not only the twelve arc ends. Start the control from those multipliers and the
-# loss hardly improves on its starting value while even margin samples drift by a sizeable
-# fraction of the spacing; the random start again fits $\theta$ with other points and recovers
-# at most a few samples. Weight decay is not what makes Section 5 fail (the low-dimensional
-# inputs are), but it is what makes the training set an exact, stable solution.
+# leave a clearly larger part of $\|\theta\|^2$ unexplained than with weight decay (Section
+# 3's figure; the folded cell prints both). Started from them, the control's loss ends
+# well above the weight-decay control's and the margin samples drift further; the random
+# start again fits $\theta$ with other points and recovers no more margin samples than
+# Section 5's did. Weight decay is not what makes Section 5 fail (the low-dimensional inputs
+# are), but it is what makes the training set an exact, stable solution.
 # :::
-#
+
+# %% tags=["hide-cell"]
+# Solution to exercise 2
+diag_plain = kkt_diagnostic(net_plain, toy_x, toy_y)
+L = diag_plain.lam * m
+on_margin_plain = L >= 0.1 * L.max()  # this network's own margin samples
+cfg_plain = ReconConfig(**RECON)
+print(f"lambda_min {cfg_plain.lambda_min:g}; the {int(on_margin_plain.sum())} margin samples' "
+      f"multipliers start at {float(L[on_margin_plain].min()):.3g}")
+assert cfg_plain.lambda_min < float(L[on_margin_plain].min())
+ctrl_plain = reconstruct(net_plain, dataclasses.replace(cfg_plain, steps=ctrl_cfg.steps),
+                         x_init=x0, lam_init=torch.cat([L, L]) / 2, y=y0, progress=False)
+rand_plain = reconstruct(net_plain, cfg_plain, progress=False)
+drift_plain = (ctrl_plain.x - x0).norm(dim=1)
+d_plain, _ = toy.nearest_same_label(toy_x, toy_y, rand_plain.x, rand_plain.y)
+print(f"unexplained at the true points: {diag_plain.unexplained:.2e} without weight decay, "
+      f"{diag.unexplained:.2e} with")
+moved_plain = float(drift_plain[torch.cat([on_margin_plain] * 2)].max())
+print(f"control: loss {ctrl_plain.history['stat_rel'][0]:.2e} -> "
+      f"{ctrl_plain.history['stat_rel'][-1]:.2e} (weight decay: "
+      f"{ctrl['history']['stat_rel'][-1]:.2e}); margin copies moved up to {moved_plain:.3f} "
+      f"(weight decay: {drift[drift_margin].max():.3f})")
+found_plain = int((d_plain[on_margin_plain] < RADIUS).sum())
+print(f"random start: {found_plain} of {int(on_margin_plain.sum())} margin samples recovered "
+      f"(weight decay: {int(recovered[on_margin].sum())} of {int(on_margin.sum())})")
+assert diag_plain.unexplained > 10 * diag.unexplained
+assert ctrl_plain.history["stat_rel"][-1] > ctrl["history"]["stat_rel"][-1]
+assert moved_plain > float(drift[drift_margin].max())
+assert found_plain <= int(recovered[on_margin].sum()) + 2
+
+# %% [markdown]
 # **3. Fewer epochs.** Retrain the weight-decay toy for 500 instead of 8,000 epochs: the body of
 # `compute` in `train_toy` with `TrainConfig(**{**TRAIN, "epochs": 500}, weight_decay=WD)`. How
 # large is the residual of the exact multipliers? What happens to the positive control?
 #
-# :::{admonition} Solution
+# :::{admonition} Solution 3
 # :class: dropdown
 # The residual of the exact multipliers is $\|\nabla F\|^2/(\mathrm{wd}\,\|\theta\|)^2$, so it
 # measures how far gradient descent is from a stationary point. After 500 epochs it is not
-# small at all (larger than $\|\theta\|^2$ itself: these "multipliers" do not describe
-# $\theta$; compare the dashed curve of Section 3 at epoch 400), the multipliers of
-# all 30 samples are still of similar size (no margin has formed yet), and the control starts
-# at a loss of the same size and its points drift before it settles. The equation the
-# reconstruction solves is not yet one that the training points satisfy, so the true points
-# are not where this toy's reconstruction settles. On real images that is not the end of the
-# attack: chapter 3's ablation (section 8) recovers a third or more of 50 MNIST digits from
-# models with over 90% of $\|\theta\|^2$ unexplained at the truth (stopped at the first epoch
-# with zero training error, or trained without weight decay), none of them matched by a test
-# digit. Being near a KKT point is what the derivation assumes and what makes the row-space
-# prior pay; Chapter 2 measures how long it takes.
+# small at all (the folded cell prints it; compare the dashed curve of Section 3 at epoch
+# 400): these "multipliers" do not describe $\theta$, and the control, started from them,
+# begins far higher than the fully trained toy's. The equation the reconstruction solves is
+# not yet one that the training points satisfy, so the true points are not where this toy's
+# reconstruction settles. On real images that is not the end of the attack: chapter 3's
+# ablation (section 8) recovers a third or more of 50 MNIST digits from models with over 90%
+# of $\|\theta\|^2$ unexplained at the truth (stopped at the first epoch with zero training
+# error, or trained without weight decay), none of them matched by a test digit. Being near a
+# KKT point is what the derivation assumes and what makes the row-space prior pay; Chapter 2
+# measures how long it takes.
 # :::
-#
+
+# %% tags=["hide-cell"]
+# Solution to exercise 3
+torch.manual_seed(0)
+short = MLP((2,), TRAIN["widths"], init_scale=TRAIN["init_scale"]).double()
+train(short, toy_x, toy_y, TrainConfig(**{**TRAIN, "epochs": 500}, weight_decay=WD),
+      progress=False)
+lam_short, _ = toy.weight_decay_multipliers(short, toy_x, toy_y, WD)
+resid_short = toy.stationarity_residual(short, toy_x, toy_y, lam_short)
+resid_full = toy.stationarity_residual(net, toy_x, toy_y, lam)
+ctrl_short = reconstruct(short, ctrl_cfg, x_init=x0, lam_init=torch.cat([lam_short] * 2) * m / 2,
+                         y=y0, progress=False)
+drift_short = (ctrl_short.x - x0).norm(dim=1)
+print(f"exact multipliers' residual: {resid_short:.2e} after 500 epochs, {resid_full:.2e} "
+      f"after {TRAIN['epochs']}")
+print(f"control: loss {ctrl_short.history['stat_rel'][0]:.2e} -> "
+      f"{ctrl_short.history['stat_rel'][-1]:.2e}; copies moved up to {drift_short.max():.3f}")
+assert resid_short > 100 * resid_full
+assert ctrl_short.history["stat_rel"][0] > 10 * ctrl["history"]["stat_rel"][0]
+
+# %% [markdown]
 # **4. The soft ReLU derivative.** Rerun the positive control with `alpha=30` and with
 # `alpha=3000`. Compare the loss *at the start* (the true points) and how far the margin samples
 # move. Why does a small $\alpha$ make even the true training set a poor solution?
 #
-# :::{admonition} Solution
+# :::{admonition} Solution 4
 # :class: dropdown
 # With $\alpha=30$ the gate $\sigma(30z)$ differs from the step function for every
 # pre-activation within about 0.1 of zero, which includes a good share of the toy's (point,
 # unit) pairs. The soft gradients at the true points are then not the gradients the network
-# was trained with: the control starts at a loss several times higher than with
-# $\alpha=300$, and the margin samples move by a large fraction of the spacing to compensate.
-# With $\alpha=3000$ the control starts lower than with 300 and the margin samples stay put.
-# A large $\alpha$ is faithful but gives the optimiser almost no gradient across a kink; the
-# paper's search settled near $\alpha=20$ for images, and the right value depends on how far the
-# training points' pre-activations are from zero.
+# was trained with: the control starts at a higher loss than with $\alpha=300$, and the margin
+# samples move further to compensate. With $\alpha=3000$ the control starts lower than with
+# 300 (the folded cell prints all three). A large $\alpha$ is faithful but gives the optimiser
+# almost no gradient across a kink; the paper's search settled near $\alpha=20$ for images,
+# and the right value depends on how far the training points' pre-activations are from zero.
 # :::
-#
+
+# %% tags=["hide-cell"]
+# Solution to exercise 4
+starts, moved = {}, {}
+for a in (30.0, RECON["alpha"], 3000.0):
+    r = reconstruct(net, dataclasses.replace(ctrl_cfg, alpha=a), x_init=x0, lam_init=lam0,
+                    y=y0, progress=False)
+    starts[a] = r.history["stat_rel"][0]
+    moved[a] = float((r.x - x0).norm(dim=1)[drift_margin].max())
+    print(f"alpha {a:6.0f}: loss at the true points {starts[a]:.2e}, after "
+          f"{ctrl_cfg.steps} steps {r.history['stat_rel'][-1]:.2e}; margin copies moved up "
+          f"to {moved[a]:.3f}")
+assert starts[30.0] > starts[RECON["alpha"]] > starts[3000.0]
+assert moved[30.0] > moved[3000.0]
+
+# %% [markdown]
 # ## Summary
 #
 # - A ReLU MLP with a bias in the first layer only is homogeneous of degree $L$ (its number of

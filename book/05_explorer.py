@@ -333,88 +333,112 @@ driven
 #    reconstruction divides its sum by the number of candidates $m$.
 
 # %% [markdown]
-# :::{admonition} Solution
+# :::{admonition} Solution 1
 # :class: dropdown
 #
-# ```python
-# paper = explore_pairs(cifar["ev"]["paper"], cifar["lam"], cifar["margin"],
-#                       cifar["task"].labels_train, CLASS_NAMES["cifar10"])
-# paper.sort_by.value = "ncc"
-# shared = {}
-# for it in paper.items:
-#     shared.setdefault(it.candidate_index, []).append((it.train_index, round(it.ssim, 2)))
-# print({c: v for c, v in shared.items() if len(v) > 1})
-# paper
-# ```
-#
-# Two kinds of sharing show up. A smooth, blended candidate is claimed by several unrelated
-# images, each scoring a low SSIM against it. A real reconstruction of one image can also be
-# claimed by a similar-looking training image (two airplanes, say); then only one of the two
-# claims is a true recovery, but under the paper's matching both are scored. One-to-one
-# matching keeps each candidate for one image and gives the others their next choice.
+# Two kinds of sharing show up (the folded cell lists the shared candidates and compares the
+# SSIM of their claims with the one-to-one pairs'). A smooth, blended candidate is claimed by
+# several unrelated images, each scoring a low SSIM against it. A real reconstruction of one
+# image can also be claimed by a similar-looking training image (two airplanes, say); then
+# only one of the two claims is a true recovery, but under the paper's matching both are
+# scored. One-to-one matching keeps each candidate for one image and gives the others their
+# next choice.
 # :::
 
+# %% tags=["hide-cell"]
+# Solution to exercise 1
+import numpy as np
+import torch
+
+paper = explore_pairs(cifar["ev"]["paper"], cifar["lam"], cifar["margin"],
+                      cifar["task"].labels_train, CLASS_NAMES["cifar10"])
+paper.sort_by.value = "ncc"
+shared = {}
+for it in paper.items:
+    shared.setdefault(it.candidate_index, []).append((it.train_index, round(it.ssim, 2)))
+shared = {c: v for c, v in shared.items() if len(v) > 1}
+print("candidates claimed by several training images (training image, SSIM):", shared)
+ssim_shared = [s for v in shared.values() for _, s in v]
+ssim_one = cifar["ev"]["one_to_one"].ssim
+print(f"median SSIM: {np.median(ssim_shared) if ssim_shared else float('nan'):.2f} over the "
+      f"shared claims, {float(ssim_one.median()):.2f} over the one-to-one pairs")
+assert shared and np.median(ssim_shared) < float(ssim_one.median())
+paper
+
 # %% [markdown]
-# :::{admonition} Solution
+# :::{admonition} Solution 2
 # :class: dropdown
-#
-# ```python
-# from scipy.stats import spearmanr
-# from recon.evaluate import evaluate, first_layer_candidates
-# task = cifar["task"]
-# weight = pipeline.trained("cifar10")["model"].layers[0].weight.float()
-# rows = first_layer_candidates(weight, task.image_shape, max_abs=task.x_train.abs().max())
-# base = evaluate(rows, task.x_train, task.mean, matching="one_to_one")
-# items = pair_items(base, cifar["lam"], cifar["margin"], task.labels_train,
-#                    CLASS_NAMES["cifar10"])
-# print(spearmanr([it.lam for it in items], [it.ncc for it in items]).statistic)
-# explore_pairs(base, cifar["lam"], cifar["margin"], task.labels_train, CLASS_NAMES["cifar10"])
-# ```
 #
 # With only 20 training images and weight decay, some first-layer rows are dominated by a
 # single image (chapter 4, Section 8). Whether those are the large-multiplier images is what
-# the rank correlation tells you; compare it with the reconstruction's.
+# the rank correlation tells you (the folded cell prints it; compare it with the
+# reconstruction's, in the same cell).
 # :::
 
+# %% tags=["hide-cell"]
+# Solution to exercise 2
+from scipy.stats import spearmanr
+
+from recon.evaluate import evaluate, first_layer_candidates
+
+task = cifar["task"]
+weight = pipeline.trained("cifar10")["model"].layers[0].weight.float()
+rows = first_layer_candidates(weight, task.image_shape, max_abs=task.x_train.abs().max())
+base = evaluate(rows, task.x_train, task.mean, matching="one_to_one")
+rank_corr = {}
+for label, e in (("first-layer rows", base), ("reconstruction", cifar["ev"]["one_to_one"])):
+    items = pair_items(e, cifar["lam"], cifar["margin"], task.labels_train,
+                       CLASS_NAMES["cifar10"])
+    rank_corr[label] = spearmanr([it.lam for it in items], [it.ncc for it in items]).statistic
+    print(f"{label}: rank correlation of lambda_i with the pair's NCC "
+          f"{rank_corr[label]:.2f}; NCC > 0.9: {e.count(ncc_above=0.9)}")
+explore_pairs(base, cifar["lam"], cifar["margin"], task.labels_train, CLASS_NAMES["cifar10"])
+
 # %% [markdown]
-# :::{admonition} Solution
+# :::{admonition} Solution 3
 # :class: dropdown
-#
-# ```python
-# from recon.html_explorer import write_explorer_page
-# c = runs["cifar10"]
-# args = (c["lam"], c["margin"], c["task"].labels_train, CLASS_NAMES["cifar10"])
-# write_explorer_page("cifar10_pairs.html", {
-#     "one-to-one": pair_items(c["ev"]["one_to_one"], *args),
-#     "paper matching": pair_items(c["ev"]["paper"], *args),
-# }, title="CIFAR-10: two matchings")
-# ```
 #
 # Both evaluations are computed in Python and written into the page as two runs; the page's
-# "data set" selector switches between them. The page only ever shows what was computed
-# before it was written: a third matching, or a new threshold for the matching itself, needs
-# Python again.
+# "data set" selector switches between them (the folded cell writes the page and checks that
+# both are in it). The page only ever shows what was computed before it was written: a third
+# matching, or a new threshold for the matching itself, needs Python again.
 # :::
 
+# %% tags=["hide-cell"]
+# Solution to exercise 3
+import tempfile
+from pathlib import Path
+
+from recon.html_explorer import write_explorer_page
+
+args = (cifar["lam"], cifar["margin"], cifar["task"].labels_train, CLASS_NAMES["cifar10"])
+page = Path(tempfile.mkdtemp()) / "cifar10_pairs.html"
+write_explorer_page(page, {
+    "one-to-one": pair_items(cifar["ev"]["one_to_one"], *args),
+    "paper matching": pair_items(cifar["ev"]["paper"], *args),
+}, title="CIFAR-10: two matchings")
+html = page.read_text()
+print(page, f"{len(html) / 1e3:.0f} kB")
+assert "one-to-one" in html and "paper matching" in html
+
 # %% [markdown]
-# :::{admonition} Solution
+# :::{admonition} Solution 4
 # :class: dropdown
 #
-# ```python
-# import torch
-# from scipy.stats import spearmanr
-# for name in TASKS:
-#     ev, rec = runs[name]["ev"]["one_to_one"], runs[name]["rec"]
-#     lam_true = torch.tensor(runs[name]["lam"])[ev.train_index]
-#     lam_rec = rec["lam"][ev.candidate_index] / len(rec["lam"])  # into the sum convention
-#     print(name, spearmanr(lam_true, lam_rec).statistic,
-#           float(lam_rec.median() / lam_true.median()))
-# ```
-#
 # The reconstruction's multipliers are kept above `lambda_min` by a penalty and are only
-# loosely tied to the true ones; a rank correlation near zero would say the reconstruction
-# finds the images without finding their weights.
+# loosely tied to the true ones (the folded cell prints the rank correlation and the ratio
+# of the medians, in the sum convention); a rank correlation near zero would say the
+# reconstruction finds the images without finding their weights.
 # :::
+
+# %% tags=["hide-cell"]
+# Solution to exercise 4
+for name in TASKS:
+    ev, rec = runs[name]["ev"]["one_to_one"], runs[name]["rec"]
+    lam_true = torch.tensor(runs[name]["lam"])[ev.train_index]
+    lam_rec = rec["lam"][ev.candidate_index] / len(rec["lam"])  # into the sum convention
+    print(f"{name}: rank correlation {spearmanr(lam_true, lam_rec).statistic:.2f}, median "
+          f"ratio reconstructed / true {float(lam_rec.median() / lam_true.median()):.2f}")
 
 # %% [markdown]
 # ## Summary
