@@ -18,7 +18,8 @@ held-out test images (the control):
   runs at cut-off ``TOL`` for ``SHARE`` of the budget, each later stage likewise, the last for
   what is left (``schedule:1e-2@0.67,3e-5``: two thirds at the full profile's 1e-2, where random
   starts find images, the rest at 3e-5, where the truth's basin is wide). Candidates and
-  multipliers carry over; the optimiser's state restarts with each stage.
+  multipliers carry over; the optimiser's state restarts with each stage. Other fields of the
+  recipe after a bar: ``schedule:1e-2@0.67,3e-5|lambda_min=0.05``.
 
 Nothing here reads a training image until the counts at the end; a direction is kept only if
 it beats ``recipe`` on the shadow model and then it is reported on the victim with its control.
@@ -147,7 +148,9 @@ def direction(spec: str):
         return DIRECTIONS[spec]
     name, sep, body = spec.partition(":")
     if name == "schedule" and sep:
-        return (lambda cfg: cfg), run_schedule(parse_schedule(body))
+        stages, _, fields = body.partition("|")
+        over = parse_overrides(fields.split(",")) if fields else {}
+        return (lambda cfg: dataclasses.replace(cfg, **over)), run_schedule(parse_schedule(stages))
     if not sep:
         raise SystemExit(f"error: unknown direction {spec!r}; built in: "
                          f"{', '.join(sorted(DIRECTIONS))}, schedule:TOL@SHARE,...,TOL, or "
