@@ -543,8 +543,9 @@ for name, overrides in LIVE.items():
 #
 # 1. **Add a point to the study.** Copy `studies/leakage.json`, keep only the MNIST
 #    weight-decay axis and add the value `0.01`, then run
-#    `python -m recon study my_study.json --out /tmp/study` (about a minute per point on two
-#    cores; the points the committed study already has are computed again in the new folder).
+#    `python -m recon study my_study.json --out /tmp/study --only weight_decay=0.01` (a few
+#    minutes on two cores; without `--only` the points the committed study already has are
+#    computed again in the new folder).
 #    Where does the new card fall on the weight-decay figure of section 4?
 # 2. **Where does your model sit on the law?** Compute $p/(dn)$ for (a) the paper's network
 #    on all 50,000 CIFAR-10 training images, (b) a ResNet-18 (11.2 million parameters) on the
@@ -563,32 +564,96 @@ from recon.reproduce import trained_params
 print(trained_params(3072, (1000, 1000)) / (3072 * 50_000))
 
 # %% [markdown]
-# :::{admonition} Solution
+# :::{admonition} Solution 1
 # :class: dropdown
 #
-# 1. Put `{"name": "weight decay", "tasks": ["mnist"], "key": "weight_decay", "values":
-#    [0.01]}` in the copy's `axes` (with the same `name`, `profile`, `defaults` and `tasks`).
-#    `load_study_cards("leakage", "/tmp")` then reads it (the cards sit in
-#    `/tmp/study/leakage/...` when the copy keeps the study's name). Weight decay 0.01 lies
-#    between the measured 0.005 and 0.02, where the KKT residual drops from about a half to a
-#    few per cent; expect its recovered fraction to lie between theirs, and its SSIM count to
-#    jump with the residual.
-# 2. `trained_params(3072, (1000, 1000)) / (3072 * 50_000)` is about 0.027; a ResNet-18 gives
-#    $11.2 \times 10^6 / (3072 \times 50{,}000) \approx 0.07$; the wide MLP gives
-#    `trained_params(784, (4000, 4000)) / (784 * 50)`, about 490. Only the last is deep in
-#    the regime where the law expects the whole training set to be recoverable; the first
-#    two are far below one, where the law makes no promise (and the paper's attack, at
-#    $p/(dn) = 2.65$, already recovers only a handful of CIFAR-10 images).
-# 3. The noise has standard deviation $\sigma C / n = 1 \times 0.1 / 50 = 0.002$ per
-#    parameter and epoch; over $p \approx 1.8$ million parameters its norm is about
-#    $0.002 \sqrt{p} \approx 2.7$, against at most $C = 0.1$ for the clipped gradient
-#    (every per-sample gradient has norm at most 0.1, and the mean of $n$ of them no more).
-#    The noise is almost thirty times the signal in every step; what survives is what
-#    averages out over thousands of epochs. Whatever the run's numbers, they are the price
-#    of that ratio, and not a privacy guarantee: no accounting of the privacy loss over
-#    3,000 full-batch steps was made.
+# Put `{"name": "weight decay", "tasks": ["mnist"], "key": "weight_decay", "values": [0.01]}`
+# in the copy's `axes` (with the same `name`, `profile`, `defaults` and `tasks`), and run only
+# the new point with `--only weight_decay=0.01`. `load_study_cards("leakage", "/tmp")` then
+# reads it (the cards sit in `/tmp/study/leakage/...` when the copy keeps the study's name).
+# The folded cell does this in Python, with one trial instead of the study's two to halve
+# the time, and prints the new card beside its neighbours on the axis. Weight decay 0.01 lies
+# between the measured 0.005 and 0.02, and its KKT residual lies between theirs; the
+# recovered fraction follows the residual only loosely (compare the three).
 # :::
+
+# %% tags=["hide-cell"]
+# Solution to exercise 1
+import json
+from pathlib import Path
+
+from recon.cache import cache_dir
+from recon.study import run_study_spec
+
+spec = json.loads((Path(pipeline.__file__).parents[1] / "studies" / "leakage.json").read_text())
+spec["axes"] = [{"name": "weight decay", "tasks": ["mnist"], "key": "weight_decay",
+                 "values": [0.01]}]
+spec["defaults"] = {**spec["defaults"], "trials": 1, "pool": 1}
+work = cache_dir() / "chapter7-exercise1"  # kept between runs: a finished point is skipped
+work.mkdir(parents=True, exist_ok=True)
+(work / "my_study.json").write_text(json.dumps(spec))
+run_study_spec(work / "my_study.json", work / "study", only="weight_decay=0.01")
+new = leakage_row(next(c for c in load_study_cards("leakage", work)
+                       if c["study"]["point"] == "mnist-weight_decay=0.01"))
+neighbours = [r for r in axis_rows("weight decay", "mnist", "weight decay")
+              if r["weight decay"] in (0.005, 0.02)]
+for r in sorted([*neighbours, new], key=lambda r: r["weight decay"]):
+    print(f"weight decay {r['weight decay']:<6g} KKT unexplained {r['KKT unexplained']:6.1%}  "
+          f"recovered {r['recovered']:.0%}  SSIM > 0.4 {r['recovered (SSIM>0.4)']:.0%}")
+lo, hi = sorted(r["KKT unexplained"] for r in neighbours)
+assert lo <= new["KKT unexplained"] <= hi
+
+# %% [markdown]
+# :::{admonition} Solution 2
+# :class: dropdown
 #
+# The paper's MLP on all of CIFAR-10 has $p/(dn) \approx 0.027$; a ResNet-18 gives
+# $11.2 \times 10^6 / (3072 \times 50{,}000) \approx 0.07$; the wide MLP on 50 digits about
+# 490 (the folded cell computes all three). Only the last is deep in the regime where the
+# law expects the whole training set to be recoverable; the first two are far below one,
+# where the law makes no promise (and the paper's attack, at $p/(dn) = 2.65$, already
+# recovers only a handful of CIFAR-10 images).
+# :::
+
+# %% tags=["hide-cell"]
+# Solution to exercise 2
+law = {"paper's MLP, all of CIFAR-10": trained_params(3072, (1000, 1000)) / (3072 * 50_000),
+       "ResNet-18, all of CIFAR-10": 11.2e6 / (3072 * 50_000),
+       "784-4000-4000-1 MLP, 50 digits": trained_params(784, (4000, 4000)) / (784 * 50)}
+for what, v in law.items():
+    print(f"{what:32s} p/(dn) = {v:.3g}")
+assert max(law, key=law.get) == "784-4000-4000-1 MLP, 50 digits"
+assert sorted(law.values())[1] < 1 < max(law.values())
+
+# %% [markdown]
+# :::{admonition} Solution 3
+# :class: dropdown
+#
+# The noise has standard deviation $\sigma C / n$ per parameter and epoch (with
+# $\sigma = 1$, $C = 0.1$ and $n = 50$: 0.002); over $p \approx 1.8$ million parameters its
+# norm is about $0.002 \sqrt{p} \approx 2.7$, against at most $C = 0.1$ for the clipped
+# gradient (every per-sample gradient has norm at most 0.1, and the mean of $n$ of them no
+# more). The noise is almost thirty times the signal in every step (the folded cell
+# computes it from the card); what survives is what averages out over thousands of epochs.
+# Whatever the run's numbers, they are the price of that ratio, and not a privacy
+# guarantee: no accounting of the privacy loss over 3,000 full-batch steps was made.
+# :::
+
+# %% tags=["hide-cell"]
+# Solution to exercise 3
+noisy = next(c for c in cards if c["study"]["point"] == "mnist-clip=0.1_grad_noise=1")
+tc = noisy["config"]["train"]
+p_noisy = trained_params(noisy["model"]["input_dim"], tc["widths"])
+std = tc["grad_noise"] * tc["clip"] / noisy["task"]["n"]
+noise_norm = std * p_noisy**0.5
+print(f"noise std per parameter and epoch {std:.4f}; its norm over p = {p_noisy:,} parameters "
+      f"{noise_norm:.2f}, against a clipped mean gradient of norm at most {tc['clip']} "
+      f"({noise_norm / tc['clip']:.0f} times)")
+print(f"the run: test accuracy {by_point[noisy['study']['point']]['test accuracy']:.1%}, "
+      f"recovered {by_point[noisy['study']['point']]['recovered']:.0%}")
+assert noise_norm > 10 * tc["clip"]
+
+# %% [markdown]
 # ## Summary
 #
 # - A study varies one setting at a time around one base run, attacks every point the same
