@@ -165,11 +165,12 @@ from recon.evaluate import evaluate
 from recon.plots import plot_pairs
 from recon.reconstruct import ReconConfig, reconstruct
 
-evs = {}
+evs, recs = {}, {}
 for key, every in (("max", False), ("all", True)):
     rec = reconstruct(net.model, ReconConfig(n_candidates=2 * task.n, steps=1500,
                                              all_classes=every),
                       mean=task.mean, device=pipeline.device(), progress=False)
+    recs[key] = rec
     ev = evaluate(rec.x, task.x_train, task.mean, matching="one_to_one")
     ev_test = evaluate(rec.x, task.x_test[:task.n], task.mean, matching="one_to_one")
     found, found_test = int((ev.ncc > 0.9).sum()), int((ev_test.ncc > 0.9).sum())
@@ -290,42 +291,72 @@ display(Markdown(markdown_table(table, {
 #    and in which classes? How close does pooling get to the all-classes run?
 
 # %% [markdown]
-# :::{admonition} Solution
+# :::{admonition} Solution 1
 # :class: dropdown
 #
-# 1. With output rows $w_0, w_1$ the multiclass margin of a sample of class 1 is
-#    $\Phi_1 - \Phi_0 = (w_1 - w_0) \cdot a(x)$, and of class 0 it is
-#    $(w_0 - w_1) \cdot a(x)$: with $w_1 - w_0 = w$, exactly $y\,\Phi_{\text{bin}}(x)$.
-#    ```python
-#    import torch
-#    from recon.models import MLP
-#    from recon.kkt import kkt_diagnostic
-#    torch.manual_seed(0)
-#    mc = MLP((12,), (8,), init_scale=1.0, n_outputs=2).double()
-#    binary = MLP((12,), (8,), init_scale=1.0).double()
-#    with torch.no_grad():
-#        binary.layers[0].load_state_dict(mc.layers[0].state_dict())
-#        w = torch.randn(8, dtype=torch.float64)
-#        mc.layers[1].weight.copy_(torch.stack([-w / 2, w / 2]))
-#        binary.layers[1].weight.copy_(w[None])
-#    x = torch.randn(6, 12, dtype=torch.float64)
-#    labels = torch.tensor([0, 1, 0, 1, 1, 0])
-#    a, b = kkt_diagnostic(mc, x, labels), kkt_diagnostic(binary, x, 2.0 * labels - 1)
-#    print(a.margin - b.margin, a.lam, b.lam)
-#    ```
-#    The margins agree to the last digit, the multipliers do not (0.154 against 0.183 for
-#    the first sample here): the two networks compute the same function but are different
-#    points in different parameter spaces. The multiclass net carries the output weight
-#    twice, as $\pm w/2$, so $\|\theta\|^2$ and the gradients' geometry differ, and the
-#    stationarity equation, a statement about $\theta$, is a different equation. The
-#    function does not determine the multipliers; the parametrisation does.
-# 2. Pooling a second seed adds digits (print the two seeds' counts and the pooled one):
-#    the two runs find many of the same images, and the new ones come from classes the first
-#    run missed. Count with `(labels == c) & (ev.ncc > 0.9)` on the pooled evaluation, as in
-#    section 2. Pooling still stays short of the all-classes run, which finds every digit
-#    from one seed: what limits the max-class attack is the equation, not the search.
+# With output rows $w_0, w_1$ the multiclass margin of a sample of class 1 is
+# $\Phi_1 - \Phi_0 = (w_1 - w_0) \cdot a(x)$, and of class 0 it is $(w_0 - w_1) \cdot a(x)$:
+# with $w_1 - w_0 = w$, exactly $y\,\Phi_{\text{bin}}(x)$. The folded cell checks the margins
+# to the last digit; the multipliers do not agree. The two networks compute the same
+# function but are different points in different parameter spaces: the multiclass net
+# carries the output weight twice, as $\pm w/2$, so $\|\theta\|^2$ and the gradients'
+# geometry differ, and the stationarity equation, a statement about $\theta$, is a
+# different equation. The function does not determine the multipliers; the parametrisation
+# does.
 # :::
+
+# %% tags=["hide-cell"]
+# Solution to exercise 1
+from recon.models import MLP
+
+torch.manual_seed(0)
+mc = MLP((12,), (8,), init_scale=1.0, n_outputs=2).double()
+binary = MLP((12,), (8,), init_scale=1.0).double()
+with torch.no_grad():
+    binary.layers[0].load_state_dict(mc.layers[0].state_dict())
+    w = torch.randn(8, dtype=torch.float64)
+    mc.layers[1].weight.copy_(torch.stack([-w / 2, w / 2]))
+    binary.layers[1].weight.copy_(w[None])
+x_toy = torch.randn(6, 12, dtype=torch.float64)
+labels = torch.tensor([0, 1, 0, 1, 1, 0])
+a, b = kkt_diagnostic(mc, x_toy, labels), kkt_diagnostic(binary, x_toy, 2.0 * labels - 1)
+print("margins, multiclass - binary:", (a.margin - b.margin).tolist())
+print("multipliers, multiclass:", [round(float(v), 3) for v in a.lam])
+print("multipliers, binary:    ", [round(float(v), 3) for v in b.lam])
+torch.testing.assert_close(a.margin, b.margin)
+assert not torch.allclose(a.lam, b.lam, rtol=1e-2)
+
+# %% [markdown]
+# :::{admonition} Solution 2
+# :class: dropdown
 #
+# The folded cell counts the max-class run's digits per class, runs a second seed and pools
+# the two runs' candidates. Pooling adds digits: the two runs find many of the same images,
+# and the new ones come from classes the first run missed. It still stays short of the
+# all-classes run from one seed: what limits the max-class attack is the equation, not the
+# search.
+# :::
+
+# %% tags=["hide-cell"]
+# Solution to exercise 2
+def per_class(e):
+    hit = e.ncc > 0.9
+    return {c: int((task.y_train[e.train_index][hit] == c).sum()) for c in range(10)}
+
+
+second = reconstruct(net.model, ReconConfig(n_candidates=2 * task.n, steps=1500, seed=1),
+                     mean=task.mean, device=pipeline.device(), progress=False)
+pooled = evaluate(torch.cat([recs["max"].x, second.x]), task.x_train, task.mean,
+                  matching="one_to_one")
+counts = {"max class, seed 0": evs["max"], "max class, seed 1": evaluate(
+    second.x, task.x_train, task.mean, matching="one_to_one"), "both pooled": pooled,
+    "every wrong class, seed 0": evs["all"]}
+for label, e in counts.items():
+    print(f"{label:26s} {int((e.ncc > 0.9).sum()):2d} of {task.n}; per class {per_class(e)}")
+assert int((pooled.ncc > 0.9).sum()) >= int((evs["max"].ncc > 0.9).sum())
+assert int((pooled.ncc > 0.9).sum()) < int((evs["all"].ncc > 0.9).sum())
+
+# %% [markdown]
 # ## Summary
 #
 # - A network with one output per class is reconstructed from the same equation with the
