@@ -371,25 +371,90 @@ assert bsc["counts"]["ncc>0.9"] > bsc["test_control"]["ncc>0.9"], \
 #    `state_dict`) and audit that file. What happens, and why is that the right answer?
 
 # %% [markdown]
-# :::{admonition} Solution
+# :::{admonition} Solution 1
 # :class: dropdown
 #
-# 1. `audit(work / "model.safetensors", out=work / "no-mean", train=..., test=...,
-#    budget="2m")`: `report["attacker_knows"]["box"]` is "[-1, 1] (no data mean given)".
-#    The box is looser than the valid range, so candidates may leave the range of real
-#    pixels; compare the count above 0.9 and its control with section 3's. Whatever the
-#    count, the report now says the attacker did not know the mean, which is the honest
-#    threat model for a model whose preprocessing is private.
-# 2. Without weight decay the random initialisation of the deeper layers is never removed
-#    (chapter 2): compare `report["model"]["residual_at_training_set"]` of the two audits.
-#    The report's "what lowers the risk" table gives the book's measurement on its own
-#    model (the row "weight decay=0"); the audit of your retrained model says whether the
-#    same holds for it.
-# 3. `torch.save(net, ...)` pickles the module's class; `recon` reads weights with
-#    `weights_only=True` and refuses the file with `UntrustedFileError` before any of it runs.
-#    A weights file that can run code on the reader's machine is a security problem in
-#    itself; save `net.state_dict()` instead.
+# `report["attacker_knows"]["box"]` now says the attack used the paper's $[-1, 1]$ box, as
+# no data mean was given. The box is looser than the valid range, so candidates may leave
+# the range of real pixels; the folded cell compares the count above 0.9 and its control
+# with section 3's (far fewer digits come back here). The scorer also warns that SSIM
+# assumes pixels in $[0, 1]$: without the mean it cannot undo the preprocessing, so it scores
+# the samples as the model saw them; NCC, which ignores offsets, is unaffected. Whatever the
+# count, the report now says the attacker did not know the mean, which is the honest threat
+# model for a model whose preprocessing is private.
 # :::
+
+# %% tags=["hide-cell"]
+# Solution to exercise 1
+no_mean = audit(work / "model.safetensors", out=work / f"no-mean-{digest}",
+                train=work / "train.npz", test=work / "test.npz", budget="90s",
+                progress=False)
+print("box:", no_mean["attacker_knows"]["box"])
+for label, r in (("with the mean (section 3)", report), ("without the mean", no_mean)):
+    print(f"{label:26s} NCC > 0.9: {r['scored']['counts']['ncc>0.9']} of "
+          f"{r['scored']['n_train']} (test control {r['scored']['test_control']['ncc>0.9']})")
+assert no_mean["settings"]["box"] != report["settings"]["box"]
+assert "mean" in no_mean["attacker_knows"]["box"]
+assert no_mean["scored"]["counts"]["ncc>0.9"] < report["scored"]["counts"]["ncc>0.9"]
+
+# %% [markdown]
+# :::{admonition} Solution 2
+# :class: dropdown
+#
+# Without weight decay the random initialisation of the deeper layers is never removed
+# (chapter 2): the residual at the true training set of the retrained model is many times
+# that of section 3's (the folded cell prints both, and the two verdicts). The report's
+# "what lowers the risk" table gives the book's measurement on its own model (the row
+# "weight decay=0"); the audit of your retrained model says whether the same holds for it.
+# :::
+
+# %% tags=["hide-cell"]
+# Solution to exercise 2
+torch.manual_seed(0)
+net_0 = nn.Sequential(nn.Flatten(), nn.Linear(784, 300), nn.ReLU(),
+                      nn.Linear(300, 300, bias=False), nn.ReLU(), nn.Linear(300, 1, bias=False))
+opt = torch.optim.SGD(net_0.parameters(), lr=0.1, weight_decay=0.0)
+for _epoch in range(3000):
+    opt.zero_grad()
+    loss = nn.functional.softplus(-(2 * ytr - 1) * net_0(xtr - mean).squeeze(1)).mean()
+    loss.backward()
+    opt.step()
+save_file({k: v.contiguous() for k, v in net_0.state_dict().items()},
+          str(work / "model-wd0.safetensors"))
+digest_0 = hashlib.sha256((work / "model-wd0.safetensors").read_bytes()).hexdigest()[:12]
+rep_0 = audit(work / "model-wd0.safetensors", out=work / f"wd0-{digest_0}",
+              train=work / "train.npz", test=work / "test.npz", mean=work / "mean.npz",
+              budget="90s", progress=False)
+for label, r in (("weight decay 2e-2", report), ("no weight decay", rep_0)):
+    print(f"{label:18s} residual at the training set "
+          f"{r['model']['residual_at_training_set']:.2%}; {r['verdict']['headline']}")
+assert (rep_0["model"]["residual_at_training_set"]
+        > 5 * report["model"]["residual_at_training_set"])
+
+# %% [markdown]
+# :::{admonition} Solution 3
+# :class: dropdown
+#
+# `torch.save(net, ...)` pickles the module's class; `recon` reads weights with
+# `weights_only=True` and refuses the file with `UntrustedFileError` before any of it runs
+# (the folded cell shows the message). A weights file that can run code on the reader's
+# machine is a security problem in itself; save `net.state_dict()` instead.
+# :::
+
+# %% tags=["hide-cell"]
+# Solution to exercise 3
+from recon.audit import UntrustedFileError
+
+torch.save(net, work / "net.pt")
+try:
+    audit(work / "net.pt", out=work / "pickled", train=work / "train.npz",
+          test=work / "test.npz", budget="10s", progress=False)
+    raise AssertionError("a pickled module was audited")
+except UntrustedFileError as e:
+    print("refused:", e)
+
+# %% [markdown]
+#
 
 # %% [markdown]
 # ## Summary

@@ -133,3 +133,40 @@ def test_no_false_or_stale_sentence(pattern):
 def test_the_stale_sentence_check_can_fail():
     text = "# The residual is a lower bound on what any reconstruction can reach"
     assert any(re.search(p, text, flags=re.IGNORECASE) for p in STALE_OR_FALSE)
+
+
+def exercises_and_solutions(notebook) -> tuple[list[int], list[int]]:
+    """The numbers of the exercises a chapter states (numbered items of the markdown under
+    its Exercises heading, solutions' admonitions left out) and of the solutions that run
+    with it (folded code cells that start ``# Solution to exercise N``)."""
+    stated, solved, inside = [], [], False
+    for cell in notebook.cells:
+        src = cell.source
+        if cell.cell_type == "markdown":
+            if re.search(r"^#+ .*exercises", src, flags=re.IGNORECASE | re.MULTILINE):
+                inside = True
+            if re.search(r"^#+ .*summary", src, flags=re.IGNORECASE | re.MULTILINE):
+                break
+            if inside:
+                src = re.sub(r":::\{admonition\}.*?\n:::", "", src, flags=re.DOTALL)
+                stated += [int(k) for k in re.findall(r"^(?:\*\*)?(\d+)\.\s", src, re.M)]
+        elif inside and "hide-cell" in cell.metadata.get("tags", []):
+            solved += [int(k) for k in re.findall(r"^# Solution to exercise (\d+)\b", src)]
+    return stated, solved
+
+
+@pytest.mark.parametrize("py", CHAPTERS, ids=lambda p: p.name)
+def test_every_exercise_has_a_solution_that_runs(py):
+    stated, solved = exercises_and_solutions(jupytext.read(py))
+    assert stated, f"{py.name}: no numbered exercise found under its Exercises heading"
+    assert stated == list(range(1, len(stated) + 1)), f"{py.name}: exercises numbered {stated}"
+    assert solved == stated, (f"{py.name}: exercises {stated} but executed solutions {solved}; "
+                              "give each a folded code cell (tags=['hide-cell']) that starts "
+                              "'# Solution to exercise N'")
+
+
+def test_the_solution_check_can_fail():
+    nb = jupytext.reads("# %% [markdown]\n# ## Exercises\n#\n# 1. One.\n# 2. Two.\n\n"
+                        "# %% tags=[\"hide-cell\"]\n# Solution to exercise 1\nx = 1\n\n"
+                        "# %% [markdown]\n# ## Summary\n", fmt="py:percent")
+    assert exercises_and_solutions(nb) == ([1, 2], [1])
