@@ -431,6 +431,13 @@ glue("margin_off_min", float(margin[~on_margin].min()), display=False)
 glue("gram_rank", gram_rank, display=False)
 glue("diag_unexplained", diag.unexplained, display=False)
 glue("diag_offmargin_share", float(diag.lam[~on_margin].sum() / diag.lam.sum()), display=False)
+# the norm of a KKT point (notation page): ||theta||^2 = L sum_i lambda_i q_i
+theta2_toy = net.theta_norm2()
+identity = net.degree * float((lam * margin).sum())
+print(f"||theta||^2 = {theta2_toy:.4f},  L * sum lambda_i q_i = {identity:.4f}  "
+      f"(L = {net.degree})")
+glue("norm_identity_gap", 100 * abs(identity - theta2_toy) / theta2_toy, display=False)
+assert abs(identity - theta2_toy) < 0.01 * theta2_toy, "the norm identity's prose: reword"
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), gridspec_kw={"width_ratios": [1.15, 1]})
@@ -458,7 +465,11 @@ plt.show()
 # of at least {glue:text}`lam_ratio:.0f`: the margin samples carry {glue:text}`lam_share:.1%`
 # of the total weight. On the right, every exact multiplier
 # lies on the curve $\sigma(-q)/(n\,\mathrm{wd})$: that is just the formula, but the residual
-# printed above says these multipliers do reproduce $\theta$.
+# printed above says these multipliers do reproduce $\theta$. A second check comes free: the
+# inner product of the stationarity equation with $\theta$ gives
+# $\|\theta\|^2 = L\sum_i\lambda_i q_i$ for an $L$-homogeneous network (derived on the
+# {doc}`notation` page), and with these multipliers the two sides differ by
+# {glue:text}`norm_identity_gap:.2f`%.
 #
 # The crosses are a warning. `kkt_diagnostic` finds multipliers that explain $\theta$ even
 # better (all but {glue:text}`diag_unexplained:.1e`), yet they put
