@@ -405,7 +405,7 @@ plt.show()
 # the same number of epochs as the weight-decay run (float32, like the quick profile, so only
 # the recipe differs).
 
-# %%
+# %% tags=["hide-input"]
 quick = pipeline.settings("mnist", "quick")["train"]  # the weight-decay recipe
 paper_cfg = TrainConfig(lr=0.01, weight_decay=0.0, epochs=quick.epochs, dtype="float32",
                         log_every=quick.log_every)

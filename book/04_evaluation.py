@@ -392,7 +392,7 @@ for name in TASKS:
 # algorithm) removes that inflation. The table reports both, at several SSIM thresholds and
 # by correlation (NCC > 0.8 and > 0.9, computed at full resolution with the mean added).
 
-# %%
+# %% tags=["hide-input"]
 COLS = ["ssim>0.3", "ssim>0.4", "ssim>0.5", "ssim>0.6", "ncc>0.8", "ncc>0.9"]
 
 
@@ -438,7 +438,7 @@ display(Markdown("\n".join(lines)))
 # Here is the most-claimed candidate of each task under the paper's matching, next to the
 # training images that claimed it:
 
-# %%
+# %% tags=["hide-input"]
 n_claims = {name: torch.bincount(runs[name]["ev"]["paper"].candidate_index,
                                  minlength=runs[name]["ev"]["paper"].n_candidates)
             for name in TASKS}
@@ -519,7 +519,7 @@ display(Markdown("\n".join(ctrl_lines)))
 # noisier. The full profile's run cards at $n = 500$ (chapter 3, section 7, shows the MNIST
 # pairs) report every count side by side:
 
-# %%
+# %% tags=["hide-input"]
 import json
 
 from recon.reproduce import card_row, load_cards, results_dir

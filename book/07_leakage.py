@@ -257,7 +257,7 @@ plt.show()
 # ## 4. Weight decay, training length and the first layer's initialisation
 
 
-# %%
+# %% tags=["hide-input"]
 def panel(ax, axis, task, key, xlabel, log=True):
     pts = axis_rows(axis, task, key)
     x = [max(r[key], 1e-5) if log else r[key] for r in pts]
@@ -338,7 +338,7 @@ for r in rows:  # every card's numbers, for the text
 # over-determine the training set. Every card of this study and of the earlier chapters'
 # reproduce runs gives one point.
 
-# %%
+# %% tags=["hide-input"]
 reproduce_rows = [leakage_row(c) for c in load_cards()]
 fig, ax = plt.subplots(figsize=(7, 4.2))
 markers = {"training-set size": "o", "width": "s", "depth": "D", "weight decay": "v",
@@ -409,7 +409,7 @@ print(f"Spearman rho(p/(dn), recovered) over the study's {len(rows)} cards: {rho
 # - and the knobs of sections 2 to 4 seen as defenses: early stopping at the first epoch with
 #   zero training error, no weight decay, and a larger training set.
 
-# %%
+# %% tags=["hide-input"]
 DEFENSES = [
     ("none (base)", "base"),
     ("early stopping (first zero training error)", "stop_when_fit=true"),

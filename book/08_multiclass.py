@@ -223,7 +223,7 @@ plt.show()
 # per task size, the same recipe, the same attack (two pooled seeds, no oracle). Here they are
 # side by side.
 
-# %%
+# %% tags=["hide-input"]
 from IPython.display import Markdown, display
 
 from recon.notebook import markdown_table
