@@ -571,24 +571,28 @@ print(trained_params(3072, (1000, 1000)) / (3072 * 50_000))
 # in the copy's `axes` (with the same `name`, `profile`, `defaults` and `tasks`), and run only
 # the new point with `--only weight_decay=0.01`. `load_study_cards("leakage", "/tmp")` then
 # reads it (the cards sit in `/tmp/study/leakage/...` when the copy keeps the study's name).
-# The folded cell does this in Python, with one trial instead of the study's two to halve
-# the time, and prints the new card beside its neighbours on the axis. Weight decay 0.01 lies
-# between the measured 0.005 and 0.02, and its KKT residual lies between theirs; the
-# recovered fraction follows the residual only loosely (compare the three).
+# The folded cell does this in Python (with the spec's settings read from the study's base
+# card, so that it also runs where `studies/` is not at hand, as on Colab), with one trial
+# instead of the study's two to halve the time, and prints the new card beside its
+# neighbours on the axis. Weight decay 0.01 lies between the measured 0.005 and 0.02, and its
+# KKT residual lies between theirs; the recovered fraction follows the residual only loosely
+# (compare the three).
 # :::
 
 # %% tags=["hide-cell"]
 # Solution to exercise 1
 import json
-from pathlib import Path
 
 from recon.cache import cache_dir
 from recon.study import run_study_spec
 
-spec = json.loads((Path(pipeline.__file__).parents[1] / "studies" / "leakage.json").read_text())
-spec["axes"] = [{"name": "weight decay", "tasks": ["mnist"], "key": "weight_decay",
-                 "values": [0.01]}]
-spec["defaults"] = {**spec["defaults"], "trials": 1, "pool": 1}
+# the study's spec as its base card records it (studies/ is not at hand on Colab), one axis
+base_card = next(c for c in cards if c["study"]["point"] == "mnist-base")
+spec = {"name": STUDY, "profile": base_card["profile"],
+        "defaults": {**base_card["study"]["settings"], "trials": 1, "pool": 1},
+        "tasks": {"mnist": {}},
+        "axes": [{"name": "weight decay", "tasks": ["mnist"], "key": "weight_decay",
+                  "values": [0.01]}]}
 work = cache_dir() / "chapter7-exercise1"  # kept between runs: a finished point is skipped
 work.mkdir(parents=True, exist_ok=True)
 (work / "my_study.json").write_text(json.dumps(spec))
