@@ -386,9 +386,15 @@ assert bsc["counts"]["ncc>0.9"] > bsc["test_control"]["ncc>0.9"], \
 
 # %% tags=["hide-cell"]
 # Solution to exercise 1
-no_mean = audit(work / "model.safetensors", out=work / f"no-mean-{digest}",
-                train=work / "train.npz", test=work / "test.npz", budget="90s",
-                progress=False)
+import warnings
+
+with warnings.catch_warnings(record=True) as caught:  # the scorer's warning, shown as text
+    warnings.simplefilter("always")
+    no_mean = audit(work / "model.safetensors", out=work / f"no-mean-{digest}",
+                    train=work / "train.npz", test=work / "test.npz", budget="90s",
+                    progress=False)
+for w in {str(w.message) for w in caught}:
+    print("warning:", w)
 print("box:", no_mean["attacker_knows"]["box"])
 for label, r in (("with the mean (section 3)", report), ("without the mean", no_mean)):
     print(f"{label:26s} NCC > 0.9: {r['scored']['counts']['ncc>0.9']} of "
