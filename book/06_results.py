@@ -531,10 +531,9 @@ display(Markdown(markdown_table([{k: v for k, v in r.items() if k != "_mean"}
                                  for r in dir_rows],
                                 {"residual (exact)": ".2%", "minutes per run": ".0f"})))
 mean_of = {(r["model"], r["direction"]): r["_mean"] for r in dir_rows}
-mean8_of = {(r["model"], r["direction"]): float(np.mean(
-    [int(x) for x in r["NCC>0.8 (1-1)"].split(", ")])) for r in dir_rows}
-test_of = {(r["model"], r["direction"]): sum(int(x) for x in r["vs test"].split(", "))
-           for r in dir_rows}
+mean8_of = {k: float(np.mean([e["counts"]["one_to_one"]["ncc>0.8"] for e in es]))
+            for k, es in by.items()}
+test_of = {k: sum(e["counts"]["test_control"]["ncc>0.9"] for e in es) for k, es in by.items()}
 SHORT = {"recipe": "recipe", "free mass": "fm", "birth and death": "bd",
          "coarse to fine, 2/3 at 1e-2": "c2f", "coarse to fine, 1/2 at 1e-2": "c2fhalf"}
 for (who, name), v in mean_of.items():

@@ -104,15 +104,23 @@ xtr, ytr = digits(x_train, y_train)
 xte, yte = digits(x_test, y_test)  # never trained on: the audit's control
 mean = xtr.mean(0, keepdim=True)  # the usual preprocessing: subtract the training mean
 
+
+
+def fit(net, weight_decay=2e-2, epochs=3000):
+    """Full-batch gradient descent on the logistic loss, as the project trains; the last loss."""
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, weight_decay=weight_decay)
+    for _epoch in range(epochs):
+        opt.zero_grad()
+        loss = nn.functional.softplus(-(2 * ytr - 1) * net(xtr - mean).squeeze(1)).mean()
+        loss.backward()
+        opt.step()
+    return loss
+
+
 torch.manual_seed(0)
 net = nn.Sequential(nn.Flatten(), nn.Linear(784, 300), nn.ReLU(),
                     nn.Linear(300, 300, bias=False), nn.ReLU(), nn.Linear(300, 1, bias=False))
-opt = torch.optim.SGD(net.parameters(), lr=0.1, weight_decay=2e-2)
-for _epoch in range(3000):
-    opt.zero_grad()
-    loss = nn.functional.softplus(-(2 * ytr - 1) * net(xtr - mean).squeeze(1)).mean()
-    loss.backward()
-    opt.step()
+loss = fit(net)
 with torch.no_grad():
     train_acc = ((net(xtr - mean).squeeze(1) > 0).long() == ytr).float().mean().item()
     test_acc = ((net(xte - mean).squeeze(1) > 0).long() == yte).float().mean().item()
@@ -332,18 +340,20 @@ for bad in (nn.Sequential(nn.Linear(784, 100), nn.GELU(), nn.Linear(100, 1, bias
 torch.manual_seed(0)
 net_b = nn.Sequential(nn.Flatten(), nn.Linear(784, 300), nn.ReLU(), nn.Linear(300, 300),
                       nn.ReLU(), nn.Linear(300, 1))  # a bias everywhere
-opt = torch.optim.SGD(net_b.parameters(), lr=0.1, weight_decay=2e-2)
-for _epoch in range(3000):
-    opt.zero_grad()
-    loss = nn.functional.softplus(-(2 * ytr - 1) * net_b(xtr - mean).squeeze(1)).mean()
-    loss.backward()
-    opt.step()
-save_file({k: v.contiguous() for k, v in net_b.state_dict().items()},
-          str(work / "model-biases.safetensors"))
-digest_b = hashlib.sha256((work / "model-biases.safetensors").read_bytes()).hexdigest()[:12]
-rep_b = audit(work / "model-biases.safetensors", out=work / f"biases-{digest_b}",
-              train=work / "train.npz", test=work / "test.npz", mean=work / "mean.npz",
-              budget="90s", progress=False)
+fit(net_b)
+
+
+def publish_and_audit(model, name):
+    """Save ``model``'s weights as ``name``.safetensors and audit them (one folder per set of
+    weights, so a rerun resumes)."""
+    path = work / f"{name}.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    return audit(path, out=work / f"{name}-{digest}", train=work / "train.npz",
+                 test=work / "test.npz", mean=work / "mean.npz", budget="90s", progress=False)
+
+
+rep_b = publish_and_audit(net_b, "model-biases")
 print(rep_b["model"]["case"])
 print(rep_b["verdict"]["headline"])
 bsc = rep_b["scored"]
@@ -419,18 +429,8 @@ assert no_mean["scored"]["counts"]["ncc>0.9"] < report["scored"]["counts"]["ncc>
 torch.manual_seed(0)
 net_0 = nn.Sequential(nn.Flatten(), nn.Linear(784, 300), nn.ReLU(),
                       nn.Linear(300, 300, bias=False), nn.ReLU(), nn.Linear(300, 1, bias=False))
-opt = torch.optim.SGD(net_0.parameters(), lr=0.1, weight_decay=0.0)
-for _epoch in range(3000):
-    opt.zero_grad()
-    loss = nn.functional.softplus(-(2 * ytr - 1) * net_0(xtr - mean).squeeze(1)).mean()
-    loss.backward()
-    opt.step()
-save_file({k: v.contiguous() for k, v in net_0.state_dict().items()},
-          str(work / "model-wd0.safetensors"))
-digest_0 = hashlib.sha256((work / "model-wd0.safetensors").read_bytes()).hexdigest()[:12]
-rep_0 = audit(work / "model-wd0.safetensors", out=work / f"wd0-{digest_0}",
-              train=work / "train.npz", test=work / "test.npz", mean=work / "mean.npz",
-              budget="90s", progress=False)
+fit(net_0, weight_decay=0.0)
+rep_0 = publish_and_audit(net_0, "model-wd0")
 for label, r in (("weight decay 2e-2", report), ("no weight decay", rep_0)):
     print(f"{label:18s} residual at the training set "
           f"{r['model']['residual_at_training_set']:.2%}; {r['verdict']['headline']}")
