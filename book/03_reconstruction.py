@@ -47,10 +47,9 @@
 # The symbols, residuals, scores and profiles used here are defined on the
 # {doc}`notation` page.
 #
-# **Runtime** on 2 CPU cores, measured by `benchmarks/chapter_times.py` with the chapters
-# run in order: quick profile {glue:text}`runtime_quick_first` from an empty cache and
-# {glue:text}`runtime_quick_cached` once cached; full profile {glue:text}`runtime_full_first`
-# and {glue:text}`runtime_full_cached`. It reconstructs from chapter 2's models.
+# **Runtime** on 2 CPU cores, measured by `benchmarks/chapter_times.py` with the chapters run in
+# order: quick profile {glue:text}`runtime_quick`; full profile {glue:text}`runtime_full`. It
+# reconstructs from chapter 2's models.
 
 # %% [markdown]
 # ## Setup

@@ -44,11 +44,9 @@
 # The symbols, residuals, scores and profiles used here are defined on the
 # {doc}`notation` page.
 #
-# **Runtime** on 2 CPU cores, measured by `benchmarks/chapter_times.py` with the chapters
-# run in order: quick profile {glue:text}`runtime_quick_first` from an empty cache and
-# {glue:text}`runtime_quick_cached` once cached; full profile {glue:text}`runtime_full_first`
-# and {glue:text}`runtime_full_cached`. It reads committed results; producing them took the wall
-# times listed in its tables.
+# **Runtime** on 2 CPU cores, measured by `benchmarks/chapter_times.py` with the chapters run in
+# order: quick profile {glue:text}`runtime_quick`; full profile {glue:text}`runtime_full`. It reads
+# committed results; producing them took the wall times listed in its tables.
 
 # %% [markdown]
 # ## Setup
@@ -713,7 +711,12 @@ glue("speed_3000_min", 3000 * default["ours_s_per_step"] / 60, display=False)
 # default reconstruction on quick-profile models with the products in float32 and in
 # bfloat16, from the same seeds, and also the positive control (started at the true training
 # images with their KKT multipliers). The models come from three training seeds (MNIST) and
-# were themselves trained with float32 or bfloat16 products.
+# were themselves trained with float32 or bfloat16 products. One caveat about this table: it
+# was made before results recorded the CPU they ran on, from a tree with uncommitted changes,
+# and has not been remade since; it needs a CPU with bfloat16 units (on one without, such as
+# the AMD EPYC that made this chapter's newer files, `matmul="auto"` is full precision and
+# bfloat16 products are only emulated). Treat it as one machine's observation on quick-size
+# models, not as a rule: the same comparison on other data may come out otherwise.
 
 # %% tags=["hide-input"]
 prec = json.loads((RESULTS / "ablation" / "precision.json").read_text())
@@ -742,8 +745,8 @@ print("runs: reconstruction seeds 0-2 on each trained model (MNIST: training see
       "control: one run from the true images; 'unexplained' recomputed in float64 at the end")
 
 # %% [markdown]
-# **What to notice.** bfloat16 products in the *reconstruction* lose nothing: on MNIST models
-# trained in float32 the mean count above NCC 0.9 is
+# **What to notice.** bfloat16 products in the *reconstruction* lost nothing on these models:
+# on MNIST models trained in float32 the mean count above NCC 0.9 is
 # {glue:text}`prec_mnist_full_bfloat16:.1f` of 50 with them and
 # {glue:text}`prec_mnist_full_full:.1f` without, on CIFAR-10
 # {glue:text}`prec_cifar10_full_bfloat16:.1f` against {glue:text}`prec_cifar10_full_full:.1f`
@@ -803,6 +806,43 @@ print("runs: reconstruction seeds 0-2 on each trained model (MNIST: training see
 # python benchmarks/chapter_times.py --profile quick   # the chapters' runtime lines
 # python benchmarks/chapter_times.py --profile full
 # ```
+#
+# The cards above and every other committed result record the command that made them, the
+# code's revision (a revision with uncommitted changes is marked) and the CPU they ran on.
+# Here is that record for each result file behind this chapter's tables, read from the files:
+
+# %% tags=["hide-input"]
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+record_rows = []
+for path in sorted(RESULTS.rglob("*.json")):
+    if path.name == "card.json":
+        continue
+    doc = json.loads(path.read_text())
+    provs = [r.get("provenance") or {} for r in doc] if isinstance(doc, list) else [
+        doc.get("provenance") or {}]
+    for command in sorted({p.get("command") or "" for p in provs}):
+        p0 = next(p for p in provs if (p.get("command") or "") == command)
+        rev, cpu = p0.get("git_revision") or "", p0.get("cpu") or {}
+        record_rows.append({
+            "file": f"`{path.relative_to(RESULTS)}`",
+            "command": f"`{_cell(command)}`" if command else "not recorded",
+            "revision": (rev[:8] + (", with uncommitted changes" if rev.endswith("-dirty")
+                                    else "")) or "not recorded",
+            "CPU": (f"{cpu['model']}" + (", AMX" if cpu.get("amx_bf16") else "")
+                    + (", AVX-512 BF16" if cpu.get("avx512_bf16") else "")) if cpu
+            else "not recorded",
+            "date": (p0.get("date") or "")[:10]})
+display(Markdown(markdown_table(record_rows)))
+glue("records_unremade", sum(r["command"] == "not recorded" or "uncommitted" in r["revision"]
+                             for r in record_rows), display=False)
+
+# %% [markdown]
+# {glue:text}`records_unremade` of these were made before results recorded their command, or
+# from a tree with uncommitted changes; they are kept because the chapter reads them, and each
+# awaits a rerun of its command (in the block above) from a clean checkout.
 #
 # How long each chapter of this book takes to execute on the same two cores, run in order
 # from an empty results cache and again once cached (`benchmarks/chapter_times.py`):

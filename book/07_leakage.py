@@ -50,11 +50,10 @@
 # The symbols, residuals, scores and profiles used here are defined on the
 # {doc}`notation` page.
 #
-# **Runtime** on 2 CPU cores, measured by `benchmarks/chapter_times.py` with the chapters
-# run in order: quick profile {glue:text}`runtime_quick_first` from an empty cache and
-# {glue:text}`runtime_quick_cached` once cached; full profile {glue:text}`runtime_full_first`
-# and {glue:text}`runtime_full_cached`. It reads the study's committed cards and runs one small
-# experiment live; the study itself took the wall time given in section 1.
+# **Runtime** on 2 CPU cores, measured by `benchmarks/chapter_times.py` with the chapters run in
+# order: quick profile {glue:text}`runtime_quick`; full profile {glue:text}`runtime_full`. It reads
+# the study's committed cards and runs one small experiment live; the study itself took the wall
+# time given in section 1.
 
 # %% [markdown]
 # ## Setup

@@ -62,13 +62,21 @@ def runtimes(chapter: str) -> dict[str, dict[str, float]]:
 def glue_runtime(chapter: str) -> dict[str, dict[str, float]]:
     """Glue the chapter's measured runtimes for its runtime line, as text:
     ``runtime_<profile>_first`` (empty cache) and ``runtime_<profile>_cached``, for the
-    quick and full profiles ("not timed" where no measurement is committed)."""
+    quick and full profiles ("not timed" where no measurement is committed), and
+    ``runtime_<profile>``: both in a phrase, or "not timed yet" with the command that times
+    it."""
     times = runtimes(chapter)
     for profile in ("quick", "full"):
         row = times.get(profile, {})
         for key, col in (("first", "first_run_s"), ("cached", "cached_s")):
             value = format_duration(row[col]) if col in row else "not timed"
             glue(f"runtime_{profile}_{key}", value, display=False)
+        if {"first_run_s", "cached_s"} <= set(row):
+            line = (f"{format_duration(row['first_run_s'])} from an empty cache and "
+                    f"{format_duration(row['cached_s'])} once cached")
+        else:
+            line = f"not timed yet (`python benchmarks/chapter_times.py --profile {profile}`)"
+        glue(f"runtime_{profile}", line, display=False)
     return times
 
 
