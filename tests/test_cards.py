@@ -130,7 +130,6 @@ RESULTS_NOT_YET_REMADE: dict[str, str] = {
        "command and CPU (some from a tree with uncommitted changes); the four routes take about "
        "half an hour on one core" for route in ("paper", "paper_lr0.1", "small_init",
                                                  "weight_decay")},
-    "ablation/mnist-n500-shadow-tol.json": "made from a tree with uncommitted changes",
 }
 
 
