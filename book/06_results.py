@@ -440,13 +440,19 @@ def best_cutoff(es):
     return top["config"]["subspace_tol"]
 
 
+def short_tol(tol: float) -> str:
+    """A cut-off as the text writes it: 0.01 -> 1e-2, 3e-05 -> 3e-5."""
+    mantissa, exponent = f"{tol:.0e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
 best_tol = {key: best_cutoff(es) for key, es in scans.items()}
 for (task_name, who), tol in best_tol.items():
-    glue(f"tol_best_{task_name}_{who}", f"{tol:g}", display=False)
+    glue(f"tol_best_{task_name}_{who}", short_tol(tol), display=False)
     glue(f"tol_best_{task_name}_{who}_count", next(
         e["counts"]["one_to_one"]["ncc>0.9"] for e in scans[task_name, who]
         if e["config"]["subspace_tol"] == tol), display=False)
-glue("tol_shadow_best", f"{best_tol['mnist', 'shadow']:g}", display=False)
+glue("tol_shadow_best", short_tol(best_tol["mnist", "shadow"]), display=False)
 full_tol = {name: settings(name, "full")["recon"].subspace_tol for name in ("mnist", "cifar10")}
 # the spread of one cut-off over seeds: the recipe's two seeds on the shadow (directions below)
 seed_counts = [e["counts"]["one_to_one"]["ncc>0.9"] for e in json.loads(
@@ -466,8 +472,8 @@ cifar_max9 = max(e["counts"]["one_to_one"]["ncc>0.9"] for e in cifar_scan)
 cifar_max8 = max(e["counts"]["one_to_one"]["ncc>0.8"] for e in cifar_scan)
 glue("tol_cifar10_max9", cifar_max9, display=False)
 glue("tol_cifar10_max8", cifar_max8, display=False)
-glue("tol_cifar10_cutoffs", ", ".join(f"`{e['config']['subspace_tol']:g}`" for e in cifar_scan),
-     display=False)
+cifar_tols = [short_tol(e["config"]["subspace_tol"]) for e in cifar_scan]
+glue("tol_cifar10_cutoffs", ", ".join(cifar_tols[:-1]) + " and " + cifar_tols[-1], display=False)
 for name in ("mnist", "cifar10"):
     glue(f"tol_{name}_shadow_rank_0.01", shadow_space[name][0.01]["rank"], display=False)
     glue(f"tol_{name}_shadow_own_0.01", shadow_space[name][0.01]["train_ncc>0.9"], display=False)
@@ -508,7 +514,7 @@ assert shadow_space["cifar10"][0.01]["train_ncc>0.9"] < shadow_space["mnist"][0.
 # images ({glue:text}`tol_cifar10_shadow_own_0.01` of 500 survive the projection above NCC
 # 0.9, against {glue:text}`tol_mnist_shadow_own_0.01`): photographs have more detail outside
 # the top directions than digits do. Reconstruction, though, cannot tell the cut-offs apart at
-# this size: over {glue:text}`tol_cifar10_cutoffs`, no run brings back more than
+# this size: at {glue:text}`tol_cifar10_cutoffs`, the best run brings back
 # {glue:text}`tol_cifar10_max9` of the shadow's photographs above NCC 0.9 and
 # {glue:text}`tol_cifar10_max8` above 0.8. A scan whose best count is at the floor chooses
 # nothing, so the full profile keeps `1e-2` for CIFAR-10, now with a measurement that no other

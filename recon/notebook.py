@@ -75,7 +75,7 @@ def glue_runtime(chapter: str) -> dict[str, dict[str, float]]:
             line = (f"{format_duration(row['first_run_s'])} from an empty cache and "
                     f"{format_duration(row['cached_s'])} once cached")
         else:
-            line = f"not timed yet (`python benchmarks/chapter_times.py --profile {profile}`)"
+            line = "not timed yet (benchmarks/chapter_times.py measures it)"
         glue(f"runtime_{profile}", line, display=False)
     return times
 
