@@ -60,17 +60,13 @@ def runtimes(chapter: str) -> dict[str, dict[str, float]]:
 
 
 def glue_runtime(chapter: str) -> dict[str, dict[str, float]]:
-    """Glue the chapter's measured runtimes for its runtime line, as text:
-    ``runtime_<profile>_first`` (empty cache) and ``runtime_<profile>_cached``, for the
-    quick and full profiles ("not timed" where no measurement is committed), and
-    ``runtime_<profile>``: both in a phrase, or "not timed yet" with the command that times
-    it."""
+    """Glue the chapter's measured runtimes for its runtime line, as text: for the quick and
+    full profiles, ``runtime_<profile>`` gives the time from an empty cache and once cached in
+    one phrase, or "not timed yet" with the script that times it where no measurement is
+    committed."""
     times = runtimes(chapter)
     for profile in ("quick", "full"):
         row = times.get(profile, {})
-        for key, col in (("first", "first_run_s"), ("cached", "cached_s")):
-            value = format_duration(row[col]) if col in row else "not timed"
-            glue(f"runtime_{profile}_{key}", value, display=False)
         if {"first_run_s", "cached_s"} <= set(row):
             line = (f"{format_duration(row['first_run_s'])} from an empty cache and "
                     f"{format_duration(row['cached_s'])} once cached")

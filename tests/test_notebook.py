@@ -45,9 +45,7 @@ def test_runtimes_read_the_committed_timings(tmp_path, monkeypatch):
     glued = {}
     monkeypatch.setattr(nb, "glue", lambda name, value, display=True: glued.update({name: value}))
     nb.glue_runtime("02_training")
-    assert glued == {"runtime_quick_first": "2.5 min", "runtime_quick_cached": "20 s",
-                     "runtime_full_first": "not timed", "runtime_full_cached": "not timed",
-                     "runtime_quick": "2.5 min from an empty cache and 20 s once cached",
+    assert glued == {"runtime_quick": "2.5 min from an empty cache and 20 s once cached",
                      "runtime_full": "not timed yet (benchmarks/chapter_times.py measures it)"}
 
 
