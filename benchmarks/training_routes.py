@@ -29,6 +29,11 @@ Usage::
 
     python benchmarks/training_routes.py --task mnist --n-per-class 25 \\
         --out results/training_routes/mnist-n50 --epochs paper=150000,weight_decay=3000
+    # the full profile's route (wd_1e-2) trained on to 24,000 epochs on a shadow's images,
+    # the residual logged at the profile's 6,000 epochs too
+    python benchmarks/training_routes.py --task cifar10 --n-per-class 250 \\
+        --skip-per-class 250 --routes wd_1e-2 --epochs wd_1e-2=24000 --kkt-at 6000,12000 \\
+        --out results/training_routes/cifar10-n500-shadow
 """
 
 from __future__ import annotations
@@ -62,7 +67,8 @@ def kkt_epochs(total: int) -> list[int]:
     return sorted(set(out + [total]))
 
 
-def run_route(name: str, epochs: int, task, out: Path, dtype: str, log_every: int) -> dict:
+def run_route(name: str, epochs: int, task, out: Path, dtype: str, log_every: int,
+              skip_per_class: int = 0, kkt_at: tuple[int, ...] = ()) -> dict:
     from recon.files import atomic_write_json
     from recon.kkt import kkt_diagnostic
     from recon.provenance import provenance
@@ -70,7 +76,8 @@ def run_route(name: str, epochs: int, task, out: Path, dtype: str, log_every: in
     from recon.train import TrainConfig, train_task
 
     cfg = TrainConfig(**ROUTES[name], epochs=epochs, dtype=dtype, log_every=log_every)
-    marks = {e for e in kkt_epochs(epochs) if e % log_every == 0} | {epochs}
+    marks = {e for e in kkt_epochs(epochs) + list(kkt_at)
+             if e % log_every == 0 and e <= epochs} | {epochs}
     x, y = task.x_train, task.y_train
 
     def callback(epoch, model):
@@ -84,11 +91,12 @@ def run_route(name: str, epochs: int, task, out: Path, dtype: str, log_every: in
     res = train_task(task, cfg, checkpoint=out / name / "model.pt", progress=False,
                      callback=callback, checkpoint_every=max(log_every, 5000))
     # the route's folder as a run directory (the card `python -m recon train` writes)
-    atomic_write_json({"task": task_card(task), "train": {
+    atomic_write_json({"task": task_card(task, skip_per_class=skip_per_class), "train": {
         "config": cfg.to_dict(), "epochs_done": res.epoch, "wall_time_s": res.wall_time,
         "final": res.final()}, "provenance": provenance("cpu")}, out / name / "run.json",
         indent=2)
-    card = {"route": name, "task": task.name, "n": task.n, "config": cfg.to_dict(),
+    card = {"route": name, "task": task.name, "n": task.n, "skip_per_class": skip_per_class,
+            "config": cfg.to_dict(),
             "epochs_done": res.epoch, "wall_time_s": res.wall_time,
             "final": res.final(), "history": res.history, "provenance": provenance("cpu")}
     (out / f"{name}.json").write_text(json.dumps(card) + "\n")
@@ -123,6 +131,12 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", choices=("mnist", "cifar10"), default="mnist")
     p.add_argument("--n-per-class", type=int, default=25)
+    p.add_argument("--skip-per-class", type=int, default=0,
+                   help="train on the images after the first K of each class (a shadow "
+                        "model's training set, as `python -m recon train --skip-per-class`)")
+    p.add_argument("--kkt-at", default="",
+                   help="more epochs at which to log the KKT residual, e.g. 6000,12000 "
+                        "(besides the 1-2-5 marks)")
     p.add_argument("--out", default="results/training_routes/mnist-n50")
     p.add_argument("--routes", default=",".join(ROUTES))
     p.add_argument("--epochs", default="",
@@ -145,10 +159,12 @@ def main(argv=None) -> int:
         p.error(f"unknown routes {unknown}; choose from {sorted(ROUTES)}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    task = load_task(args.task, args.n_per_class)
+    task = load_task(args.task, args.n_per_class, skip_per_class=args.skip_per_class)
+    kkt_at = tuple(int(float(e)) for e in filter(None, args.kkt_at.split(",")))
     for name in names:
         print(f"route {name}: {epochs[name]} epochs", flush=True)
-        run_route(name, epochs[name], task, out, args.dtype, args.log_every)
+        run_route(name, epochs[name], task, out, args.dtype, args.log_every,
+                  args.skip_per_class, kkt_at)
     cards = [json.loads((out / f"{n}.json").read_text()) for n in ROUTES
              if (out / f"{n}.json").is_file()]
     plot(cards, out / "training_routes.png")
