@@ -126,10 +126,6 @@ RESULT_FILES = sorted(p for p in (ROOT / "results").rglob("*.json") if p.name !=
 RESULTS_NOT_YET_REMADE: dict[str, str] = {
     "ablation/precision.json": "made from a tree with uncommitted changes; remaking it needs "
     "models trained with bfloat16 products, meaningful only on a CPU with bfloat16 units",
-    **{f"training_routes/mnist-n50/{route}.json": "made before results recorded their "
-       "command and CPU (some from a tree with uncommitted changes); the four routes take about "
-       "half an hour on one core" for route in ("paper", "paper_lr0.1", "small_init",
-                                                 "weight_decay")},
 }
 
 
