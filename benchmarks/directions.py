@@ -14,6 +14,10 @@ held-out test images (the control):
   fell under a tenth of the median are reborn at a fresh random start (the sparse-spikes
   idea: mass that the residual does not need is moved to where it may be needed). The
   optimiser's state restarts with each round;
+* ``stages:FIELDS@SHARE;...;FIELDS``: the recipe in stages, each with its own fields
+  (``KEY=VALUE+KEY=VALUE``, empty for the recipe as it is), carried over as the schedule below
+  (``stages:@0.67;alpha=1000``: two thirds of the budget with the recipe's soft gate, the rest
+  with a sharper one, which fits the true set better but from random starts searches worse);
 * ``schedule:TOL@SHARE,...,TOL``: coarse to fine in the row space's cut-off: the first stage
   runs at cut-off ``TOL`` for ``SHARE`` of the budget, each later stage likewise, the last for
   what is left (``schedule:1e-2@0.67,3e-5``: two thirds at the full profile's 1e-2, where random
@@ -135,6 +139,46 @@ def run_schedule(stages):
     return go
 
 
+def parse_stages(body: str) -> list[tuple[dict, float | None]]:
+    """``FIELDS@SHARE;...;FIELDS`` as ``[(overrides, share), ..., (overrides, None)]``:
+    ``FIELDS`` is ``KEY=VALUE+KEY=VALUE`` (fields of ``ReconConfig``, empty for the recipe)."""
+    stages: list[tuple[dict, float | None]] = []
+    parts = [p.strip() for p in body.split(";")]
+    for i, part in enumerate(parts):
+        fields, sep, share = part.partition("@")
+        over = parse_overrides([f for f in fields.split("+") if f.strip()]) if fields else {}
+        try:
+            stage = (over, float(share) if sep else None)
+        except ValueError:
+            raise SystemExit(f"error: stage {part!r} is not FIELDS@SHARE or FIELDS") from None
+        if (stage[1] is None) != (i == len(parts) - 1):
+            raise SystemExit("error: every stage but the last needs @SHARE (a fraction of the "
+                             f"budget), e.g. stages:@0.67;alpha=1000; got {body!r}")
+        stages.append(stage)
+    shares = sum(s for _, s in stages[:-1])
+    if len(stages) < 2 or not 0 < shares < 1:
+        raise SystemExit(f"error: stages need two or more parts whose shares sum under 1, "
+                         f"got {body!r}")
+    return stages
+
+
+def run_stages(stages):
+    def go(model, task, cfg):
+        x = lam = y = None
+        wall, done, steps_per = 0.0, 0, []
+        for i, (over, share) in enumerate(stages):
+            steps = round(share * cfg.steps) if share is not None else cfg.steps - done
+            res = reconstruct(model, dataclasses.replace(cfg, steps=steps, seed=cfg.seed + 97 * i,
+                                                         **over),
+                              mean=task.mean, x_init=x, lam_init=lam, y=y, progress=False)
+            x, lam, y, wall = res.x, res.lam, res.y, wall + res.wall_time
+            done += steps
+            steps_per.append(steps)
+        return x, lam, y, wall, {"stages": [{"fields": o, "steps": k}
+                                            for (o, _), k in zip(stages, steps_per)]}
+    return go
+
+
 DIRECTIONS = {
     "recipe": (lambda cfg: cfg, run_recipe),
     "free-mass": (lambda cfg: dataclasses.replace(cfg, lambda_min=0.05), run_recipe),
@@ -147,6 +191,8 @@ def direction(spec: str):
     if spec in DIRECTIONS:
         return DIRECTIONS[spec]
     name, sep, body = spec.partition(":")
+    if name == "stages" and sep:
+        return (lambda cfg: cfg), run_stages(parse_stages(body))
     if name == "schedule" and sep:
         stages, _, fields = body.partition("|")
         over = parse_overrides(fields.split(",")) if fields else {}
@@ -165,7 +211,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("run", type=Path)
     ap.add_argument("--directions", nargs="+", required=True,
                     help=f"built in: {', '.join(sorted(DIRECTIONS))}; schedule:TOL@SHARE,...,TOL "
-                         "(coarse to fine in the cut-off); or NAME:KEY=VALUE,... "
+                         "(coarse to fine in the cut-off); stages:FIELDS@SHARE;...;FIELDS "
+                         "(fields per stage, KEY=VALUE+KEY=VALUE); or NAME:KEY=VALUE,... "
                          "(the recipe with fields of ReconConfig changed, e.g. "
                          "'alpha 1000:alpha=1000')")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
