@@ -537,12 +537,16 @@ assert shadow_space["cifar10"][0.01]["train_ncc>0.9"] < shadow_space["mnist"][0.
 probe_dir = RESULTS / "probes"
 victim = json.loads((probe_dir / "mnist-n500.json").read_text())
 fair = victim["fair-2000"]
+cvictim = json.loads((probe_dir / "cifar10-n500.json").read_text())
+cfair = cvictim["fair-2000"]
 probe_rows = []
-for f in sorted(probe_dir.glob("mnist-n500*.json")):
+for f in [probe_dir / "mnist-n500.json", *sorted(probe_dir.glob("mnist-n500-shadow-basin-*.json")),
+          probe_dir / "cifar10-n500.json"]:
     pr = json.loads(f.read_text())
     rec = pr["settings"]["recipe"]
     for row in pr["basin-1000"]["rows"]:
-        probe_rows.append({"model": "shadow" if "shadow" in f.name else "victim",
+        probe_rows.append({"task": pr["settings"]["task"],
+                           "model": "shadow" if "shadow" in f.name else "victim",
                            "subspace_tol": f"{rec['subspace_tol']:g}",
                            "alpha": f"{rec['alpha']:g}", "blend NCC": row["target_ncc"],
                            "NCC at the start (median)": row["start_ncc_median"],
@@ -552,23 +556,35 @@ for f in sorted(probe_dir.glob("mnist-n500*.json")):
 display(Markdown(markdown_table(probe_rows, {"NCC at the start (median)": ".2f",
                                              "residual at the end": ".2%"})))
 basin_of = {(r["model"], r["subspace_tol"], r["alpha"], r["blend NCC"]): r["back above 0.9"]
-            for r in probe_rows}
-glue("pr_truth_kkt", victim["truth"]["kkt_unexplained"], display=False)
-glue("pr_seeded", fair["seeded_residual"], display=False)
-glue("pr_random", fair["random_residual"], display=False)
-glue("pr_stay", fair["truth_slots_ncc>0.9"], display=False)
-glue("pr_found", fair["random_recovered_ncc>0.9"], display=False)
+            for r in probe_rows if r["task"] == "mnist"}
+for prefix, pr in (("pr", victim), ("prc", cvictim)):  # MNIST, CIFAR-10
+    glue(f"{prefix}_truth_kkt", pr["truth"]["kkt_unexplained"], display=False)
+    for key, field in (("seeded", "seeded_residual"), ("random", "random_residual"),
+                       ("stay", "truth_slots_ncc>0.9"), ("found", "random_recovered_ncc>0.9")):
+        glue(f"{prefix}_{key}", pr["fair-2000"][field], display=False)
 glue("pr_found_test", fair["random_test_control_ncc>0.9"], display=False)
 for (who, tol, alpha, _), v in basin_of.items():
     if who == "shadow":
         glue(f"pr_shadow_{tol}_{alpha}".replace("-", "m").replace(".", "p"), v, display=False)
-print("fair comparison on the victim (the full recipe, 2,000 steps):", fair)
-print("measured on:", victim["provenance"]["cpu"]["model"], "| command:",
-      victim["provenance"]["command"])
+glue("prc_found8", cfair["random_recovered_ncc>0.8"], display=False)
+glue("prc_ratio", cfair["seeded_residual"] / cfair["random_residual"], display=False)
+cbasin = {r["blend NCC"]: r["back above 0.9"] for r in probe_rows if r["task"] == "cifar10"}
+glue("prc_basin_08", cbasin[0.8], display=False)
+glue("prc_basin_04", cbasin[0.4], display=False)
+glue("pr_basin_victim_08", basin_of["victim", "0.01", "100", 0.8], display=False)
+for name, pr in (("MNIST", victim), ("CIFAR-10", cvictim)):
+    print(f"fair comparison on the {name} victim (the full recipe, 2,000 steps):",
+          pr["fair-2000"])
+    print("measured on:", pr["provenance"]["cpu"]["model"], "| command:",
+          pr["provenance"]["command"])
 # the sentences below, checked on the committed numbers
 assert fair["random_residual"] < fair["seeded_residual"] < victim["truth"]["kkt_unexplained"]
 assert basin_of["shadow", "3e-05", "100", 0.8] > 4 * basin_of["shadow", "0.01", "100", 0.8]
 assert abs(basin_of["shadow", "0.01", "1000", 0.8] - basin_of["shadow", "0.01", "100", 0.8]) < 10
+assert cfair["random_residual"] < cfair["seeded_residual"] / 2
+assert cfair["seeded_residual"] < cvictim["truth"]["kkt_unexplained"]
+assert cfair["random_recovered_ncc>0.9"] <= 2 and cbasin[0.8] > cbasin[0.4]
+assert cbasin[0.8] > basin_of["victim", "0.01", "100", 0.8]
 
 # %% [markdown]
 # **What to notice.** With the full profile's recipe the training set is not a fixed point:
@@ -582,11 +598,25 @@ assert abs(basin_of["shadow", "0.01", "1000", 0.8] - basin_of["shadow", "0.01", 
 # shadow model says which part of the set-up is at fault: blends come back in the full row
 # space (cut-off 3e-5: {glue:text}`pr_shadow_3em05_100` of 500) but not in the small one the
 # full profile uses (1e-2: {glue:text}`pr_shadow_0p01_100`), and a sharper soft gate
-# (`alpha` 1000) changes nothing ({glue:text}`pr_shadow_0p01_1000`). The small row space
+# (`alpha` 1000) brings back no more of them ({glue:text}`pr_shadow_0p01_1000`), though it
+# changes which set the loss prefers (the subsection on kinks below). The small row space
 # removes noise from random starts (the scan above) but also the directions in which the
 # training images differ from their blends. A recipe that keeps the full row space near the
 # end, where the basin holds, and the small one early, where it cleans the search, is one of
 # the directions measured next.
+#
+# On CIFAR-10 (the last rows of the table, and the same fair comparison on the CIFAR-10
+# victim) the verdict is sharper. The truth leaves {glue:text}`prc_truth_kkt:.1%` of
+# $\|\theta\|^2$ unexplained; started in place beside 500 random candidates it improves to
+# {glue:text}`prc_seeded:.2%` while only {glue:text}`prc_stay` of its photographs stay above
+# NCC 0.9, and 1,000 random candidates reach {glue:text}`prc_random:.2%`,
+# {glue:text}`prc_ratio:.1f` times lower, with {glue:text}`prc_found` photographs above 0.9
+# ({glue:text}`prc_found8` above 0.8). The basin itself is not narrower than MNIST's
+# ({glue:text}`prc_basin_08` of 500 blends at NCC 0.8 come back above 0.9, against
+# {glue:text}`pr_basin_victim_08` digits on the MNIST victim; {glue:text}`prc_basin_04` from
+# NCC 0.4): what fails is that the loss ranks mixtures of photographs far above the
+# photographs themselves, at 2.65 numbers per unknown pixel and with a model that is further
+# from its stationary point than the MNIST one.
 #
 # ### At n = 500: the directions, chosen on a shadow
 #
@@ -602,7 +632,9 @@ assert abs(basin_of["shadow", "0.01", "1000", 0.8] - basin_of["shadow", "0.01", 
 #   fell under a tenth of the median restart at a fresh random point (the sparse-spikes idea
 #   of moving mass the residual does not need to where it may be needed);
 # - *coarse to fine*: the cut-off 1e-2 for the first half or two thirds of the steps, then
-#   3e-5, the schedule the basin above suggests.
+#   3e-5, the schedule the basin above suggests;
+# - *soft, then sharp gate*: the recipe's soft gate ($\alpha = 100$) for two thirds of the
+#   steps, then $\alpha = 1000$, which the next subsection motivates.
 
 # %% tags=["hide-input"]
 from collections import defaultdict
@@ -611,7 +643,8 @@ dir_entries = [e for f in sorted((RESULTS / "directions").glob("mnist-n500*.json
                for e in json.loads(f.read_text())["entries"]]
 NAMES = {"recipe": "recipe", "free-mass": "free mass", "birth-death": "birth and death",
          "schedule:1e-2@0.67,3e-5": "coarse to fine, 2/3 at 1e-2",
-         "schedule:1e-2@0.5,3e-5": "coarse to fine, 1/2 at 1e-2"}
+         "schedule:1e-2@0.5,3e-5": "coarse to fine, 1/2 at 1e-2",
+         "stages:@0.67;alpha=1000": "soft, then sharp gate"}
 by = defaultdict(list)
 for e in dir_entries:
     by[("shadow" if "shadow" in e["run"] else "victim", NAMES.get(e["direction"],
@@ -637,7 +670,8 @@ mean8_of = {k: float(np.mean([e["counts"]["one_to_one"]["ncc>0.8"] for e in es])
             for k, es in by.items()}
 test_of = {k: sum(e["counts"]["test_control"]["ncc>0.9"] for e in es) for k, es in by.items()}
 SHORT = {"recipe": "recipe", "free mass": "fm", "birth and death": "bd",
-         "coarse to fine, 2/3 at 1e-2": "c2f", "coarse to fine, 1/2 at 1e-2": "c2fhalf"}
+         "coarse to fine, 2/3 at 1e-2": "c2f", "coarse to fine, 1/2 at 1e-2": "c2fhalf",
+         "soft, then sharp gate": "gate"}
 for (who, name), v in mean_of.items():
     if name in SHORT:
         glue(f"dir_{who}_{SHORT[name]}", v, display=False)
@@ -678,11 +712,157 @@ print("measured on:", ", ".join(sorted(cpus)), "| one core per run, with other j
 # two seeds) against the recipe's
 # {glue:text}`dir_victim_recipe:.1f` (test controls {glue:text}`dirtest_victim_bd` and
 # {glue:text}`dirtest_victim_recipe`, summed over the seeds). That is within noise, so the
-# full profile keeps its recipe. Every direction here changes how the loss is searched, not
-# what it prefers, and the fair comparison above says that at n = 500 the loss ranks the
-# best blends with the training set: the next lever is the objective (a prior that tells
-# photographs and digits from their blends, or a model nearer its stationary point), not a
-# better search of this one.
+# full profile keeps its recipe. The first four directions change how the loss is searched,
+# not what it prefers, and the fair comparison above says that at n = 500 the recipe's loss
+# ranks the best blends with the training set: the next lever is the objective (a prior that
+# tells photographs and digits from their blends, a sharper gate, or a model nearer its
+# stationary point), not a better search of this one. The last direction changes the
+# objective at the end of the run; the next subsection says why, and why it did not help.
+#
+# ### At n = 500: the training images sit on the kinks
+#
+# Why does the truth leave several percent of $\|\theta\|^2$ unexplained after 6,000
+# epochs, when weight decay makes the equation exact at a stationary point? Training longer
+# barely helps: on the MNIST shadow, the full profile's training route continued to
+# {glue:text}`route_long_epochs:,` epochs takes the share from
+# {glue:text}`route_at_6000:.2%` to {glue:text}`route_at_end:.2%`
+# (`benchmarks/training_routes.py --skip-per-class 250`). The reason is in the
+# pre-activations. `benchmarks/kinks.py` counts, for each hidden layer, the pre-activations
+# within $10^{-4}$ of zero, where the ReLU has its kink, on the training images and on as
+# many held-out test images, and refits the true set's multipliers with the soft gate
+# $\sigma(\alpha z)$ instead of the exact step.
+
+# %% tags=["hide-input"]
+long_route = json.loads((RESULTS / "training_routes" / "mnist-n500-shadow" / "wd_1e-2.json")
+                        .read_text())
+route_kkt = dict(zip(long_route["history"]["kkt_epoch"], long_route["history"]["kkt_unexplained"]))
+glue("route_long_epochs", long_route["epochs_done"], display=False)
+glue("route_at_6000", route_kkt[6000], display=False)
+glue("route_at_end", route_kkt[long_route["epochs_done"]], display=False)
+assert route_kkt[6000] - route_kkt[long_route["epochs_done"]] < 0.01  # "barely helps"
+kinks_doc = json.loads((RESULTS / "probes" / "kinks-n500.json").read_text())
+kink_rows, gate_of = [], {}
+KINK_MODELS = {"mnist-n500": "MNIST victim", "cifar10-n500": "CIFAR-10 victim",
+               "mnist-n500-shadow": "MNIST shadow", "cifar10-n500-shadow": "CIFAR-10 shadow"}
+for e in kinks_doc["entries"]:
+    k1 = e["kinks"][0]
+    gate = {g["alpha"]: g["unexplained"] for g in e["gate"]}
+    gate_of[e["run"]] = gate
+    kink_rows.append({
+        "model": KINK_MODELS[e["run"]],
+        "layer 1 at the kink: training": k1["share_train"]["0.0001"],
+        "test": k1["share_test"]["0.0001"],
+        "training images above every test image": k1["per_image_1e-4"]["train_above_every_test"],
+        "AUC": k1["per_image_1e-4"]["auc"],
+        "unexplained, exact step": gate[None],
+        "alpha 1e4": gate[1e4], "alpha 1e3": gate[1e3], "alpha 100": gate[100.0]})
+display(Markdown(markdown_table(kink_rows, {
+    "layer 1 at the kink: training": ".1%", "test": ".2%", "AUC": ".2f",
+    "unexplained, exact step": ".1%", "alpha 1e4": ".1%", "alpha 1e3": ".1%",
+    "alpha 100": ".1%"})))
+kinks_by = {r["model"]: r for r in kink_rows}
+km, kc = kinks_by["MNIST victim"], kinks_by["CIFAR-10 victim"]
+glue("kink_m_train", km["layer 1 at the kink: training"], display=False)
+glue("kink_m_test", km["test"], display=False)
+glue("kink_c_train", kc["layer 1 at the kink: training"], display=False)
+glue("kink_c_test", kc["test"], display=False)
+glue("kink_c_above", kc["training images above every test image"], display=False)
+glue("kink_auc_lo", min(r["AUC"] for r in kink_rows), display=False)
+glue("kink_auc_hi", max(r["AUC"] for r in kink_rows), display=False)
+gm, gc = gate_of["mnist-n500"], gate_of["cifar10-n500"]
+glue("gate_m_exact", gm[None], display=False)
+glue("gate_m_best", min(gm.values()), display=False)
+glue("gate_m_100", gm[100.0], display=False)
+glue("gate_c_exact", gc[None], display=False)
+glue("gate_c_best", min(gc.values()), display=False)
+glue("gate_c_100", gc[100.0], display=False)
+print("layer 1 at the kink: the share of pre-activations within 1e-4 of zero; layer 2, "
+      "training / test:", ", ".join(
+    f"{e['run']} {e['kinks'][1]['share_train']['0.0001']:.1%} / "
+    f"{e['kinks'][1]['share_test']['0.0001']:.1%}" for e in kinks_doc["entries"]))
+print("measured on:", kinks_doc["provenance"]["cpu"]["model"], "| command:",
+      kinks_doc["provenance"]["command"])
+# the sentences below, checked on the committed numbers
+for r in kink_rows:
+    assert r["layer 1 at the kink: training"] > 2.5 * r["test"] and r["AUC"] > 0.7
+    assert r["training images above every test image"] > 100
+for g in gate_of.values():
+    assert min(g.values()) < 0.6 * g[None]
+for g in (gm, gc):  # the victims: the best gate is sharper than the recipe's
+    assert min(g, key=lambda a: g[a]) in (1e3, 1e4) and min(g.values()) < g[100.0]
+# the sharper gate in the reconstruction itself, on the MNIST shadow (the fair comparison and
+# 3,000 steps from random starts, both at alpha 1000; the recipe has alpha 100)
+sharp = json.loads((probe_dir / "mnist-n500-shadow-alpha-1000.json").read_text())["fair-2000"]
+sharp_rand = json.loads((RESULTS / "ablation" / "mnist-n500-shadow-alpha.json").read_text())
+sharp_e = sharp_rand["entries"][0]
+glue("sharp_seeded", sharp["seeded_residual"], display=False)
+glue("sharp_random", sharp["random_residual"], display=False)
+glue("sharp_stay", sharp["truth_slots_ncc>0.9"], display=False)
+glue("sharp_stay8", sharp["truth_slots_ncc>0.8"], display=False)
+glue("sharp_found", sharp_e["counts"]["one_to_one"]["ncc>0.9"], display=False)
+glue("sharp_found_test", sharp_e["counts"]["test_control"]["ncc>0.9"], display=False)
+glue("sharp_found_res", sharp_e["stat_rel_f64"], display=False)
+glue("sharp_recipe_seeds", " and ".join(map(str, rec_seeds)), display=False)
+gate_e = by["shadow", "soft, then sharp gate"][0]
+glue("gate_res", gate_e["residual_exact"], display=False)
+glue("gate_recipe_res", float(np.mean([e["residual_exact"] for e in by["shadow", "recipe"]])),
+     display=False)
+glue("gate_found", gate_e["counts"]["one_to_one"]["ncc>0.9"], display=False)
+glue("gate_found8", gate_e["counts"]["one_to_one"]["ncc>0.8"], display=False)
+glue("gate_found_test", gate_e["counts"]["test_control"]["ncc>0.9"], display=False)
+assert gate_e["residual_exact"] < 0.5 * min(e["residual_exact"] for e in by["shadow", "recipe"])
+assert gate_e["counts"]["one_to_one"]["ncc>0.9"] <= max(rec_seeds)
+print("the fair comparison at alpha 1000 on the MNIST shadow:", sharp)
+print("random starts at alpha 1000 on the MNIST shadow, 3,000 steps:",
+      sharp_e["counts"]["one_to_one"], "| test:", sharp_e["counts"]["test_control"])
+assert sharp["random_residual"] > 10 * sharp["seeded_residual"]
+assert sharp["seeded_residual"] < fair["seeded_residual"] / 2
+assert sharp["seeded_residual"] < min(e["residual_exact"] for e in dir_entries)
+assert sharp_e["counts"]["one_to_one"]["ncc>0.9"] < min(rec_seeds)
+assert min(gc.values()) > 2 * cfair["random_residual"]
+
+# %% [markdown]
+# **What to notice.** A first-layer unit's hyperplane passes through a training image far
+# more often than through a test image: {glue:text}`kink_m_train:.1%` of the MNIST victim's
+# first-layer pre-activations on its training digits are within $10^{-4}$ of zero, against
+# {glue:text}`kink_m_test:.1%` on test digits, and {glue:text}`kink_c_train:.1%` against
+# {glue:text}`kink_c_test:.2%` on CIFAR-10, where {glue:text}`kink_c_above` of the 500
+# training photographs sit on more hyperplanes than any test photograph. A likely mechanism:
+# a unit whose pre-activation on a training image crosses zero gets a gradient from that
+# image on one side only, so gradient descent keeps pushing it back to the kink.
+# Counted per image, this share alone tells training from test images with an AUC of
+# {glue:text}`kink_auc_lo:.2f`-{glue:text}`kink_auc_hi:.2f`: a membership signal that needs
+# the weights and a candidate image, no training image.
+#
+# It also explains the residual. At a kink any gate between 0 and 1 is a valid derivative, so
+# the exact step misreads the equation there: with the soft gate the true set's share
+# unexplained falls from {glue:text}`gate_m_exact:.1%` to {glue:text}`gate_m_best:.1%` on
+# the MNIST victim (from {glue:text}`gate_c_exact:.1%` to {glue:text}`gate_c_best:.1%` on
+# CIFAR-10), best near $\alpha = 10^3$-$10^4$, where the recipe's $\alpha = 100$ gives
+# {glue:text}`gate_m_100:.1%` ({glue:text}`gate_c_100:.1%`).
+#
+# So the recipe's gate is too soft for the truth, and a sharper one changes what the loss
+# prefers. In the fair comparison on the MNIST shadow with $\alpha = 1000$ (last lines
+# printed above) the truth plus 500 random candidates ends at
+# {glue:text}`sharp_seeded:.2%` of $\|\theta\|^2$ ({glue:text}`sharp_stay8` truth slots
+# still above NCC 0.8, {glue:text}`sharp_stay` above 0.9), lower than any run from random
+# starts in this chapter; with the recipe's gate the same comparison ended at
+# {glue:text}`pr_seeded:.2%` on the victim, above the random starts. The 1,000 random
+# candidates of that comparison stall at {glue:text}`sharp_random:.1%`: the sharp gate is a
+# poor guide for the search. From
+# random starts it brings back {glue:text}`sharp_found` digits in 3,000 steps (test control
+# {glue:text}`sharp_found_test`; the residual stalls at {glue:text}`sharp_found_res:.1%`),
+# against the recipe's {glue:text}`sharp_recipe_seeds`. A soft gate to search and a sharp
+# one to finish, the continuation in $\alpha$, is the obvious next step; it is the last
+# direction in the table above (*soft, then sharp gate*): it lowers the residual from random
+# starts to {glue:text}`gate_res:.2%` (the recipe: {glue:text}`gate_recipe_res:.2%`) but
+# brings back {glue:text}`gate_found` digits above NCC 0.9 ({glue:text}`gate_found8` above
+# 0.8; test control {glue:text}`gate_found_test`), no more than the recipe. Candidates that
+# the soft gate left as blends fit the sharp gate's equation nearly as well as the truth
+# does, and do not move towards it. On
+# CIFAR-10 even the best gate leaves more than twice what random candidates reach with the
+# recipe, so there the model itself is too far from a stationary point for any gate to single
+# out its training set: the limit is the training.
 #
 # %% [markdown]
 # ## 4. Are the recovered images the margin samples?
@@ -912,6 +1092,7 @@ print("runs: reconstruction seeds 0-2 on each trained model (MNIST: training see
 # python benchmarks/ablation.py subspace runs/mnist-quick-n50 runs/cifar10-quick-n20 \
 #     --seeds 0 1 2 --threads 1 --out results/ablation/subspace.json
 # python benchmarks/training_routes.py --task mnist --n-per-class 25 \
+#     --routes paper,paper_lr0.1,small_init,weight_decay --threads 1 \
 #     --out results/training_routes/mnist-n50
 # # the speed benchmark needs trained n = 500 models (commands in its --help)
 # python benchmarks/reconstruct_speed.py runs/cifar10-n500 runs/mnist-n500
