@@ -79,13 +79,18 @@ def held_out(task) -> torch.Tensor:
     class: the first ``n_per_class`` of each class of the task's test set, in stored order
     (fewer when the task holds fewer test images). The benchmarks match their candidates to
     these as a control: what generic images of the classes score."""
+    return held_out_labelled(task)[0]
+
+
+def held_out_labelled(task) -> tuple[torch.Tensor, torch.Tensor]:
+    """The images of :func:`held_out` and their labels (``y_test``'s entries for them)."""
     from .data import select_first_per_class
 
     classes = (-1, 1) if task.n_outputs == 1 else tuple(range(task.n_outputs))
     per_class = min(task.n, task.n_test) // len(classes)
-    idx = select_first_per_class(task.y_test.cpu().numpy(), per_class, "test split",
-                                 classes=classes)
-    return task.x_test[torch.from_numpy(idx)]
+    idx = torch.from_numpy(select_first_per_class(task.y_test.cpu().numpy(), per_class,
+                                                  "test split", classes=classes))
+    return task.x_test[idx], task.y_test[idx]
 
 
 @dataclass(frozen=True, eq=False)

@@ -196,3 +196,38 @@ def test_ablation_records_the_rank_of_each_variants_cutoff(shadow_run, tmp_path)
     assert {name: entries[name]["rank"] for name in want} == want
     assert entries["none"]["rank"] is None
     assert entries["low"]["n"] == 6
+
+
+def test_held_out_labelled_gives_each_images_own_label():
+    from recon.rundir import held_out_labelled
+
+    task = load_task("mnist", 3, 10)
+    x, y = held_out_labelled(task)
+    assert torch.equal(x, held_out(task))
+    idx = [int((task.x_test == xi).flatten(1).all(1).nonzero()[0]) for xi in x]
+    assert torch.equal(y, task.y_test[idx])
+
+
+def test_free_gates_start_at_the_exact_diagnostic_and_only_lower_it(_data_dir_env):
+    """kinks.free_gate_residual: round 0 is kkt_diagnostic with the exact step; fitting the
+    multipliers and the free gates in turn never raises the residual; with no pre-activation
+    in the band nothing is free; a network it does not handle is refused."""
+    from recon.kkt import kkt_diagnostic
+
+    kinks = _load_benchmark("kinks")
+    task = load_task("mnist", 4, 4)
+    cfg = TrainConfig(widths=(24, 24), epochs=300, lr=0.1, weight_decay=1e-2, dtype="float32",
+                      log_every=100)
+    model = train_task(task, cfg, progress=False).model
+    exact = kkt_diagnostic(model, task.x_train, task.y_train).unexplained
+    out = kinks.free_gate_residual(model, task.x_train, task.y_train, eps=0.05, rounds=3)
+    assert out["free_pairs"] > 0
+    assert out["history"][0] == pytest.approx(exact, rel=1e-6, abs=1e-10)
+    assert all(b <= a + 1e-9 for a, b in zip(out["history"], out["history"][1:]))
+    assert out["unexplained"] < out["history"][0]
+    none = kinks.free_gate_residual(model, task.x_train, task.y_train, eps=0.0, rounds=2)
+    assert none["free_pairs"] == 0
+    assert none["history"] == pytest.approx([none["history"][0]] * 3, rel=1e-9)
+    shallow = MLP((1, 28, 28), (8,), init_scale=1e-2)
+    with pytest.raises(ValueError, match="two hidden layers"):
+        kinks.free_gate_residual(shallow, task.x_train, task.y_train, eps=1e-3)
