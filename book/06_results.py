@@ -615,8 +615,8 @@ assert cbasin[0.8] > basin_of["victim", "0.01", "100", 0.8]
 # ({glue:text}`prc_basin_08` of 500 blends at NCC 0.8 come back above 0.9, against
 # {glue:text}`pr_basin_victim_08` digits on the MNIST victim; {glue:text}`prc_basin_04` from
 # NCC 0.4): what fails is that the loss ranks mixtures of photographs far above the
-# photographs themselves, at 2.65 numbers per unknown pixel and with a model that is further
-# from its stationary point than the MNIST one.
+# photographs themselves, at 2.65 numbers per unknown pixel, and the true set fits the
+# recipe's equation worse than on MNIST (the subsection on kinks below says why).
 #
 # ### At n = 500: the directions, chosen on a shadow
 #
@@ -730,7 +730,12 @@ print("measured on:", ", ".join(sorted(cpus)), "| one core per run, with other j
 # pre-activations. `benchmarks/kinks.py` counts, for each hidden layer, the pre-activations
 # within $10^{-4}$ of zero, where the ReLU has its kink, on the training images and on as
 # many held-out test images, and refits the true set's multipliers with the soft gate
-# $\sigma(\alpha z)$ instead of the exact step.
+# $\sigma(\alpha z)$ instead of the exact step, and with *free gates*: at the kink the ReLU's
+# derivative is not defined and any value in $[0, 1]$ is a subgradient (the Clarke
+# subdifferential, in which the KKT conditions of the implicit-bias theorem are stated), so
+# the first layer's gate of every pre-activation within $\epsilon$ of zero is fitted in
+# $[0, 1]$ together with the multipliers. Free gates are extra unknowns, so the same fit on as
+# many held-out test images (with their labels) is the control.
 
 # %% tags=["hide-input"]
 long_route = json.loads((RESULTS / "training_routes" / "mnist-n500-shadow" / "wd_1e-2.json")
@@ -776,6 +781,29 @@ glue("gate_m_100", gm[100.0], display=False)
 glue("gate_c_exact", gc[None], display=False)
 glue("gate_c_best", min(gc.values()), display=False)
 glue("gate_c_100", gc[100.0], display=False)
+free_of = {(e["run"], f["set"], f["eps"]): f for e in kinks_doc["entries"]
+           for f in e["free_gates"]}
+free_rows = [{"model": KINK_MODELS[run], "band": f"{eps:g}",
+              "gates freed": free_of[run, "train", eps]["free_pairs"],
+              "training set: exact step": free_of[run, "train", eps]["history"][0],
+              "free gates": free_of[run, "train", eps]["unexplained"],
+              "test images: exact step": free_of[run, "test", eps]["history"][0],
+              "free gates ": free_of[run, "test", eps]["unexplained"]}
+             for run in KINK_MODELS for eps in (1e-4, 1e-3)]
+display(Markdown(markdown_table(free_rows, {
+    "training set: exact step": ".2%", "free gates": ".2%", "test images: exact step": ".1%",
+    "free gates ": ".1%"})))
+for key, run in (("m", "mnist-n500"), ("c", "cifar10-n500")):
+    tr, te = free_of[run, "train", 1e-3], free_of[run, "test", 1e-3]
+    glue(f"free_{key}_train", tr["unexplained"], display=False)
+    glue(f"free_{key}_test0", te["history"][0], display=False)
+    glue(f"free_{key}_test", te["unexplained"], display=False)
+# free gates explain the true set, and barely help held-out images
+for (_, which, _), f in free_of.items():
+    if which == "test":
+        assert f["history"][0] - f["unexplained"] < 0.02 and f["unexplained"] > 0.1
+assert free_of["cifar10-n500", "train", 1e-3]["unexplained"] < cfair["random_residual"]
+assert free_of["mnist-n500", "train", 1e-3]["unexplained"] < 0.15 * gm[None]
 print("layer 1 at the kink: the share of pre-activations within 1e-4 of zero; layer 2, "
       "training / test:", ", ".join(
     f"{e['run']} {e['kinks'][1]['share_train']['0.0001']:.1%} / "
@@ -860,9 +888,22 @@ assert min(gc.values()) > 2 * cfair["random_residual"]
 # 0.8; test control {glue:text}`gate_found_test`), no more than the recipe. Candidates that
 # the soft gate left as blends fit the sharp gate's equation nearly as well as the truth
 # does, and do not move towards it. On
-# CIFAR-10 even the best gate leaves more than twice what random candidates reach with the
-# recipe, so there the model itself is too far from a stationary point for any gate to single
-# out its training set: the limit is the training.
+# CIFAR-10 the best soft gate still leaves more than twice what random candidates reach with
+# the recipe.
+#
+# Free gates change that picture (the second table). With the first layer's gates free within
+# $10^{-3}$ of zero the true set leaves {glue:text}`free_m_train:.2%` of $\|\theta\|^2$ on the
+# MNIST victim and {glue:text}`free_c_train:.2%` on the CIFAR-10 victim, below the
+# {glue:text}`prc_random:.2%` that random candidates reach with the recipe's loss there,
+# while the same freedom leaves held-out images where they were
+# ({glue:text}`free_m_test0:.1%` to {glue:text}`free_m_test:.1%` on MNIST,
+# {glue:text}`free_c_test0:.1%` to {glue:text}`free_c_test:.1%` on CIFAR-10). So the weights
+# do satisfy the stationarity equation at the training set, on both data sets, once the
+# kinks are read as the theorem reads them; what the exact step or a soft gate leaves is
+# mostly the kinks' share. The limit at n = 500 is then the reconstruction's gate, not the
+# training: a loss that gives each candidate free gates at its own kinks is the next
+# lever, not built yet (whether it keeps blends from profiting as much as the truth does is
+# what its fair comparison will say).
 #
 # %% [markdown]
 # ## 4. Are the recovered images the margin samples?
