@@ -101,68 +101,49 @@ def run_birth_death(model, task, cfg, rounds: int = 6, dead_share: float = 0.1):
     return x, lam, y, wall, {"rounds": rounds, "dead_share": dead_share, "reborn": reborn}
 
 
-def parse_schedule(body: str) -> list[tuple[float, float | None]]:
-    """``TOL@SHARE,...,TOL`` as ``[(tol, share), ..., (tol, None)]``, checked."""
-    stages: list[tuple[float, float | None]] = []
-    parts = [p.strip() for p in body.split(",") if p.strip()]
+def _parse_parts(body: str, sep: str, parse, form: str, example: str) -> list:
+    """``SPEC@SHARE<sep>...<sep>SPEC`` as ``[(parse(SPEC), share), ..., (parse(SPEC), None)]``,
+    checked: every part but the last has a share, and the shares sum under 1. ``form`` (e.g.
+    ``TOL@SHARE or TOL``) and ``example`` (a whole direction) go into the error messages."""
+    stages: list = []
+    parts = [p.strip() for p in body.split(sep)]
     for i, part in enumerate(parts):
-        tol, sep, share = part.partition("@")
+        spec, at, share = part.partition("@")
         try:
-            stage = (float(tol), float(share) if sep else None)
+            stage = (parse(spec), float(share) if at else None)
         except ValueError:
-            raise SystemExit(f"error: schedule stage {part!r} is not TOL@SHARE or TOL") from None
+            raise SystemExit(f"error: stage {part!r} is not {form}") from None
         if (stage[1] is None) != (i == len(parts) - 1):
-            raise SystemExit("error: every schedule stage but the last needs @SHARE (a fraction "
-                             f"of the budget), e.g. schedule:1e-2@0.67,3e-5; got {body!r}")
+            raise SystemExit("error: every stage but the last needs @SHARE (a fraction of the "
+                             f"budget), e.g. {example}; got {body!r}")
         stages.append(stage)
     shares = sum(s for _, s in stages[:-1])
     if len(stages) < 2 or not 0 < shares < 1:
-        raise SystemExit(f"error: a schedule needs two or more stages whose shares sum under 1, "
-                         f"got {body!r}")
+        raise SystemExit(f"error: {example.partition(':')[0]} needs two or more stages whose "
+                         f"shares sum under 1, got {body!r}")
     return stages
 
 
-def run_schedule(stages):
-    def go(model, task, cfg):
-        x = lam = y = None
-        wall, done, steps_per = 0.0, 0, []
-        for i, (tol, share) in enumerate(stages):
-            steps = round(share * cfg.steps) if share is not None else cfg.steps - done
-            res = reconstruct(model, dataclasses.replace(cfg, steps=steps, subspace_tol=tol,
-                                                         seed=cfg.seed + 97 * i),
-                              mean=task.mean, x_init=x, lam_init=lam, y=y, progress=False)
-            x, lam, y, wall = res.x, res.lam, res.y, wall + res.wall_time
-            done += steps
-            steps_per.append(steps)
-        return x, lam, y, wall, {"schedule": [{"subspace_tol": t, "steps": k}
-                                              for (t, _), k in zip(stages, steps_per)]}
-    return go
+def parse_schedule(body: str) -> list[tuple[float, float | None]]:
+    """``TOL@SHARE,...,TOL`` as ``[(tol, share), ..., (tol, None)]``, checked."""
+    body = ",".join(p for p in body.split(",") if p.strip())
+    return _parse_parts(body, ",", float, "TOL@SHARE or TOL", "schedule:1e-2@0.67,3e-5")
 
 
 def parse_stages(body: str) -> list[tuple[dict, float | None]]:
     """``FIELDS@SHARE;...;FIELDS`` as ``[(overrides, share), ..., (overrides, None)]``:
     ``FIELDS`` is ``KEY=VALUE+KEY=VALUE`` (fields of ``ReconConfig``, empty for the recipe)."""
-    stages: list[tuple[dict, float | None]] = []
-    parts = [p.strip() for p in body.split(";")]
-    for i, part in enumerate(parts):
-        fields, sep, share = part.partition("@")
-        over = parse_overrides([f for f in fields.split("+") if f.strip()]) if fields else {}
-        try:
-            stage = (over, float(share) if sep else None)
-        except ValueError:
-            raise SystemExit(f"error: stage {part!r} is not FIELDS@SHARE or FIELDS") from None
-        if (stage[1] is None) != (i == len(parts) - 1):
-            raise SystemExit("error: every stage but the last needs @SHARE (a fraction of the "
-                             f"budget), e.g. stages:@0.67;alpha=1000; got {body!r}")
-        stages.append(stage)
-    shares = sum(s for _, s in stages[:-1])
-    if len(stages) < 2 or not 0 < shares < 1:
-        raise SystemExit(f"error: stages need two or more parts whose shares sum under 1, "
-                         f"got {body!r}")
-    return stages
+    return _parse_parts(body, ";", lambda fields: parse_overrides(
+        [f for f in fields.split("+") if f.strip()]), "FIELDS@SHARE or FIELDS",
+        "stages:@0.67;alpha=1000")
 
 
-def run_stages(stages):
+def run_stages(stages, key: str = "stages", describe=None):
+    """The recipe in stages, each with its overrides (``[(overrides, share), ...]``):
+    candidates, labels and multipliers carry over; each stage restarts the optimiser with its
+    own seed. The entry records ``key``: ``describe(overrides, steps)`` per stage."""
+    describe = describe or (lambda over, steps: {"fields": over, "steps": steps})
+
     def go(model, task, cfg):
         x = lam = y = None
         wall, done, steps_per = 0.0, 0, []
@@ -174,9 +155,14 @@ def run_stages(stages):
             x, lam, y, wall = res.x, res.lam, res.y, wall + res.wall_time
             done += steps
             steps_per.append(steps)
-        return x, lam, y, wall, {"stages": [{"fields": o, "steps": k}
-                                            for (o, _), k in zip(stages, steps_per)]}
+        return x, lam, y, wall, {key: [describe(o, k) for (o, _), k in zip(stages, steps_per)]}
     return go
+
+
+def run_schedule(stages):
+    """Coarse to fine in the cut-off: :func:`run_stages` with ``subspace_tol`` per stage."""
+    return run_stages([({"subspace_tol": tol}, share) for tol, share in stages], "schedule",
+                      lambda over, steps: {"subspace_tol": over["subspace_tol"], "steps": steps})
 
 
 DIRECTIONS = {

@@ -11,7 +11,7 @@ read by :func:`recon.rundir.load_run`, shadow models included) this measures
 
 * **the kinks**: per hidden layer, the share of pre-activations within ``eps`` of zero
   (1e-5, 1e-4, 1e-3) on the training images and on as many held-out test images
-  (:func:`recon.rundir.held_out`), and per image the share within 1e-4: how many training
+  (:func:`recon.rundir.held_out_labelled`), and per image the share within 1e-4: how many training
   images sit on more first-layer hyperplanes than every test image, and the AUC of that share
   as a score that tells training from test images;
 * **the gate**: the share of ``||theta||^2`` that the true training set leaves unexplained
@@ -54,7 +54,7 @@ import torch  # noqa: E402
 from recon.files import atomic_write_json  # noqa: E402
 from recon.kkt import kkt_diagnostic  # noqa: E402
 from recon.provenance import provenance  # noqa: E402
-from recon.rundir import held_out, held_out_labelled, load_run  # noqa: E402
+from recon.rundir import held_out_labelled, load_run  # noqa: E402
 
 EPS = (1e-5, 1e-4, 1e-3)
 FREE_EPS = (1e-4, 1e-3)  # the bands in which the first layer's gates are free
@@ -91,7 +91,9 @@ def free_gate_residual(model, x: torch.Tensor, y: torch.Tensor, eps: float,
     of its own unit's first-layer weights and bias: at the kink the unit's output is zero
     whatever the gate, so the deeper layers' gradients do not depend on it. For the paper's
     network: two hidden layers, one output, a bias in the first layer only."""
-    from scipy.optimize import lsq_linear, nnls
+    from scipy.optimize import lsq_linear
+
+    from recon.kkt import nnls_multipliers
 
     layers = model.layers
     if len(layers) != 3 or layers[-1].weight.shape[0] != 1 or any(
@@ -112,7 +114,7 @@ def free_gate_residual(model, x: torch.Tensor, y: torch.Tensor, eps: float,
     u = d2 @ W2  # dPhi/dh1
     gate = (z1 > 0).double()
     free = z1.abs() < eps
-    theta2 = float(W1.pow(2).sum() + b1.pow(2).sum() + W2.pow(2).sum() + w3.pow(2).sum())
+    theta2 = model.theta_norm2()
     X1 = torch.cat([X, torch.ones(n, 1, dtype=X.dtype)], 1)  # [x, 1]: W1 and b1 together
     Wb1 = torch.cat([W1, b1[:, None]], 1)
     K_deep = (d2 @ d2.T) * (h1 @ h1.T) + h2 @ h2.T  # the blocks the free gates do not touch
@@ -124,12 +126,8 @@ def free_gate_residual(model, x: torch.Tensor, y: torch.Tensor, eps: float,
         gu = gate * u
         K = yy * ((gu @ gu.T) * XX + K_deep)
         b = yv * (torch.einsum("ik,kj,ij->i", gu, Wb1, X1) + b_deep)
-        s, U = torch.linalg.eigh(K)
-        keep = s > s.max() * 1e-13
-        A = (U[:, keep] * s[keep].sqrt()).T
-        t = (U[:, keep].T @ b) / s[keep].sqrt()
-        lam = torch.from_numpy(nnls(A.numpy(), t.numpy(), maxiter=50 * n)[0])
-        history.append((theta2 - 2 * float(b @ lam) + float(lam @ K @ lam)) / theta2)
+        lam, res2 = nnls_multipliers(K, b, theta2)
+        history.append(res2 / theta2)
         if r == rounds:
             break
         c = (lam * yv)[:, None] * u  # unit k's row of grad W1 for sample i: c_ik g_ik [x_i, 1]
@@ -185,7 +183,8 @@ def main(argv=None) -> int:
         w = model.layers[0].weight
         x, y = task.x_train.to(w), task.y_train.to(w)
         t0 = time.perf_counter()
-        k = kinks(model, x, held_out(task))
+        x_test, y_test = held_out_labelled(task)
+        k = kinks(model, x, x_test)
         gate = []
         for alpha in ALPHAS:
             d = kkt_diagnostic(model, x, y, alpha=alpha)
@@ -193,7 +192,7 @@ def main(argv=None) -> int:
             print(f"{path.name}: alpha {alpha}: {d.unexplained:.3%} unexplained", flush=True)
         free = []
         for eps in FREE_EPS:
-            for name, (xs, ys) in (("train", (x, y)), ("test", held_out_labelled(task))):
+            for name, (xs, ys) in (("train", (x, y)), ("test", (x_test, y_test))):
                 f = free_gate_residual(model, xs, ys, eps)
                 free.append({"set": name, **f})
                 print(f"{path.name}: free gates within {eps:g} of zero, {name} images: "

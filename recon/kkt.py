@@ -158,6 +158,22 @@ def _residual2(theta2: float, K: torch.Tensor, b: torch.Tensor, lam: torch.Tenso
     return max(theta2 - 2 * float(b @ lam) + float(lam @ K @ lam), 0.0)
 
 
+def nnls_multipliers(K: torch.Tensor, b: torch.Tensor, theta2: float
+                     ) -> tuple[torch.Tensor, float]:
+    """The best ``lam >= 0`` for ``min ||theta - G^T lam||^2``, from the Gram matrix ``K = G G^T``
+    and ``b = G theta`` (float64), and that minimum: ``(lam, residual^2)``, on the CPU."""
+    K, b = K.cpu(), b.cpu()
+    # ||theta - G^T lam||^2 = theta2 - 2 b.lam + lam^T K lam. Write K = A^T A (A = S^1/2 U^T)
+    # and b = A^T t, so the problem is the standard NNLS  min ||A lam - t||.
+    s, u = torch.linalg.eigh(K)
+    keep = s > s.max() * 1e-13
+    A = (u[:, keep] * s[keep].sqrt()).T
+    t = (u[:, keep].T @ b) / s[keep].sqrt()
+    lam_np, _ = nnls(A.numpy(), t.numpy(), maxiter=50 * len(b))
+    lam = torch.from_numpy(np.asarray(lam_np, dtype=np.float64))
+    return lam, _residual2(theta2, K, b, lam)
+
+
 def kkt_diagnostic(
     model: MLP, x: torch.Tensor, y: torch.Tensor, alpha: float | None = None,
     all_classes: bool = False,
@@ -177,15 +193,7 @@ def kkt_diagnostic(
         raise ValueError("all_classes needs a multiclass model (n_outputs > 1)")
     K, b, out = gradient_gram(model, x, y, alpha, all_classes)
     theta2 = model.theta_norm2()
-    # ||theta - G^T lam||^2 = theta2 - 2 b.lam + lam^T K lam. Write K = A^T A (A = S^1/2 U^T)
-    # and b = A^T t, so the problem is the standard NNLS  min ||A lam - t||.
-    s, u = torch.linalg.eigh(K.cpu())
-    keep = s > s.max() * 1e-13
-    A = (u[:, keep] * s[keep].sqrt()).T
-    t = (u[:, keep].T @ b.cpu()) / s[keep].sqrt()
-    lam_np, _ = nnls(A.numpy(), t.numpy(), maxiter=50 * len(b))
-    lam = torch.from_numpy(np.asarray(lam_np, dtype=np.float64))
-    res2 = _residual2(theta2, K.cpu(), b.cpu(), lam)
+    lam, res2 = nnls_multipliers(K, b, theta2)
     pairs = None
     if all_classes:
         pairs = lam.view(len(x), model.n_outputs - 1)
