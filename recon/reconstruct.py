@@ -72,7 +72,8 @@ __all__ = [
 RECON_FORMAT = "recon-reconstruction/1"
 # fields added after the format was fixed, with the value that files without them were run
 # with (public: the sweep uses it to join studies started before a field existed)
-ADDED_FIELDS = {"tv": 0.0, "subspace_tol": 0.0, "matmul": "full", "all_classes": False}
+ADDED_FIELDS = {"tv": 0.0, "subspace_tol": 0.0, "matmul": "full", "all_classes": False,
+                "free_gates": 0.0, "lr_gate": 0.01}
 # a run whose stationarity residual ends above this many times ||theta||^2 exploded (a random
 # start is at about 1; working runs end near 0.01)
 EXPLODED_STAT_REL = 10.0
@@ -121,6 +122,11 @@ class ReconConfig:
     # stationarity form of cross-entropy with weight decay; False: one per candidate, against
     # its highest wrong class (Buzaglo et al., 2023)
     all_classes: bool = False
+    # > 0: the first layer's gates of pre-activations within this distance of zero are free
+    # in [0, 1] (the ReLU's subgradient at its kink), fitted with the candidates by Adam at
+    # lr_gate; 0: off. See recon.stationarity.Stationarity
+    free_gates: float = 0.0
+    lr_gate: float = 0.01
 
     def __post_init__(self) -> None:
         if self.n_candidates < 2:
@@ -131,13 +137,15 @@ class ReconConfig:
             raise ValueError(f"box must be 'valid', 'paper' or 'none', got {self.box!r}")
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
-        for name in ("lr_x", "lr_lambda", "init_scale", "alpha"):
+        for name in ("lr_x", "lr_lambda", "init_scale", "alpha", "lr_gate"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
         if not (0 <= self.subspace_tol < 1):
             raise ValueError(f"subspace_tol must be in [0, 1), got {self.subspace_tol!r}")
         if not (self.tv >= 0 and self.tv < float("inf")):
             raise ValueError(f"tv must be a finite number >= 0, got {self.tv!r}")
+        if not (0 <= self.free_gates < float("inf")):
+            raise ValueError(f"free_gates must be a finite number >= 0, got {self.free_gates!r}")
         if self.matmul not in PRECISIONS:
             raise ValueError(f"matmul must be one of {PRECISIONS}, got {self.matmul!r}")
         if self.steps < 0 or self.log_every <= 0:
@@ -320,9 +328,10 @@ def theta_fingerprint(model: MLP) -> str:
     return h.hexdigest()[:16]
 
 
-def _save(path: Path, res: ReconResult, opts, fingerprint: str, z=None) -> None:
+def _save(path: Path, res: ReconResult, opts, fingerprint: str, z=None, gates=None) -> None:
     """Write the run; ``z``: the row-space coordinates, the exact state of a run with a basis
-    (``x = z B^T`` is rounded, and resuming from it would not continue the same run)."""
+    (``x = z B^T`` is rounded, and resuming from it would not continue the same run);
+    ``gates``: the free gates of a run with ``free_gates > 0``."""
     payload = {
         "format": RECON_FORMAT,
         "config": res.config.to_dict(),
@@ -339,6 +348,8 @@ def _save(path: Path, res: ReconResult, opts, fingerprint: str, z=None) -> None:
     }
     if z is not None:
         payload["z"] = z.detach().cpu()
+    if gates is not None:
+        payload["gates"] = gates.detach().cpu()
     atomic_save(payload, path)
 
 
@@ -435,7 +446,7 @@ class _Run:
         if device.type == "cpu":
             keep_freed_memory()
         self.stat_fn = Stationarity(net, basis, alpha=config.alpha, dtype=dtype, matmul=half,
-                                    device=device)
+                                    device=device, free_band=config.free_gates)
         self.theta2 = self.stat_fn.theta2
         self.basis_h = None if basis is None or half is None else basis.to(half)
 
@@ -457,6 +468,12 @@ class _Run:
             v.flatten(1) if torch.is_tensor(v) else torch.tensor(v, dtype=dtype, device=device)
             for v in (lo, hi))
         self.opts = _optimizers(config, self.px, self.lam)
+        self.gates = None
+        if config.free_gates > 0:  # the first layer's free gates, one per candidate and unit
+            width = net.layers[0].weight.shape[0]
+            self.gates = torch.full((m, width), 0.5, dtype=dtype, device=device)
+            self.gates.requires_grad_(True)
+            self.opts = (*self.opts, torch.optim.Adam([self.gates], lr=config.lr_gate))
         keys = ("step", "loss", "stat", "stat_rel", "lam_pen", "prior", "tv")
         self.res = ReconResult(x0.cpu(), self.lam, y.cpu(), config, {k: [] for k in keys})
 
@@ -484,7 +501,7 @@ class _Run:
     def save(self, path: Path) -> None:
         self.res.x, self.res.lam = self.current_x(), self.lam.detach().cpu()
         _save(path, self.res, self.opts, self.fingerprint,
-              self.z if self.basis is not None else None)
+              self.z if self.basis is not None else None, self.gates)
 
     def resume(self, path: Path) -> None:
         """Continue the run saved at ``path``: it must be this config's run on these weights
@@ -504,6 +521,8 @@ class _Run:
                 self.z.copy_(self.to_coords(prev.x.to(self.device, self.dtype).flatten(1),
                                             exact=True))
             self.lam.copy_(prev.lam)
+            if self.gates is not None and raw.get("gates") is not None:
+                self.gates.copy_(raw["gates"])
         self.y = prev.y.to(self.device, self.ydt)
         for opt, state in zip(self.opts, raw["optimizers"]):
             opt.load_state_dict(state)
@@ -519,7 +538,11 @@ class _Run:
             out = x - x.clamp(self.lo, self.hi)  # how far each pixel lies outside the box
             prior = torch.dot(out.view(-1), out.view(-1))
             g_pix = 2 * out  # gradient of the box prior
-            stat, g_z, g_lam = self.stat_fn(self.z, self.lam, self.y)
+            if self.gates is None:
+                stat, g_z, g_lam = self.stat_fn(self.z, self.lam, self.y)
+            else:
+                stat, g_z, g_lam, g_gate = self.stat_fn(self.z, self.lam, self.y,
+                                                        self.gates.detach())
             # the floor applies to each candidate's total multiplier
             total = self.lam.sum(1) if self.lam.dim() == 2 else self.lam
             short = torch.relu(config.lambda_min - total)
@@ -544,8 +567,12 @@ class _Run:
                 g = self.to_pixels(g_z + self.to_coords(g_pix))
                 self.px.grad = g.to(self.dtype).view(shape)
             self.lam.grad = g_lam
+            if self.gates is not None:
+                self.gates.grad = g_gate
             for opt in self.opts:
                 opt.step()
+            if self.gates is not None:
+                self.gates.clamp_(0, 1)
             if self.basis is not None:
                 self.z += self.to_coords(self.px.view(shape[0], -1))
                 self.px.zero_()

@@ -42,6 +42,19 @@ margin ``Phi_{y_j}(x_j) - Phi_{c_j}(x_j)``, ``c_j`` the candidate's highest othe
 backward pass starts from ``delta_L = e_{y_j} - e_{c_j}`` instead of 1 (with ``c_j = lambda_j /
 m``), and the formulas above hold as written, ``e_L`` and ``delta_L`` now ``C``-vectors.
 
+Free gates (the ReLU's subgradient at its kink). The ReLU has no derivative at zero; any gate
+value in [0, 1] is a subgradient there (Clarke), and the training images sit on many
+first-layer kinks (chapter 6). With ``free_band = eps > 0`` and a gate tensor ``G`` ``(m,
+width)`` passed in, every first-layer pre-activation with ``|h_1| < eps`` takes its gate from
+``G`` (clamped to [0, 1]) instead of the step or soft gate, and its derivative in ``h_1`` is
+zero there. The gate enters only ``delta_1 = u_1 * s_1``, hence only the first layer's
+gradient, so
+
+    dL/dG_jk = -2 (lambda_j y_j / m) u_1,jk e_1,jk        (zero outside the band)
+
+and the loss minimised over the gates is the stationarity residual with the ReLU's Clarke
+subdifferential on the band.
+
 Chapter 3 derives the loss; the tests check this gradient against autograd's double backward.
 """
 
@@ -64,12 +77,17 @@ class Stationarity:
             ``None``: ``z`` is the flattened input ``(m, D)``.
         alpha: the soft ReLU derivative ``sigmoid(alpha h)``; ``None``: exact step (its own
             derivative is then zero).
+        free_band: > 0: the first layer's gates of pre-activations within this distance of
+            zero are free (taken from the ``gates`` argument of a call); 0: off.
         dtype: working precision of weights, residuals and gradients (float32 or float64).
         matmul: precision of the matrix products: ``dtype`` itself (default), or
             ``torch.bfloat16`` / ``torch.float16``. Every product's result is brought back to
             ``dtype``, where the residuals ``W_l - G_l``, the sums and the gradients are formed.
 
     Call ``stat(z, lam, y)`` -> ``(L_stat, dL/dz (m, k), dL/dlam (m,))``, all in ``dtype``;
+    with ``free_band > 0``, ``stat(z, lam, y, gates)`` -> the same and ``dL/dgates`` ``(m,
+    width)`` (zero outside the band); the entries of ``gates`` outside the band are set, in
+    place, to the gate used there, so that an entry that enters the band starts from it;
     ``y``: labels -1/+1, or for a multiclass model class indices (int64). A multiclass
     ``lam`` of shape ``(m, C - 1)`` gives every wrong class its own multiplier (the exact
     stationarity form of cross-entropy with weight decay); ``dL/dlam`` has its shape.
@@ -83,6 +101,7 @@ class Stationarity:
         basis: torch.Tensor | None = None,
         *,
         alpha: float | None,
+        free_band: float = 0.0,
         dtype: torch.dtype = torch.float32,
         matmul: torch.dtype | None = None,
         device: torch.device | str | None = None,
@@ -105,6 +124,12 @@ class Stationarity:
                        else None for layer in model.layers]
         self.weights = ws
         self.alpha = alpha
+        if not free_band >= 0:
+            raise ValueError(f"free_band must be >= 0, got {free_band!r}")
+        if free_band > 0 and not self.trained[0]:
+            raise ValueError("free gates act on the first layer's gradient; its weights are "
+                             "frozen in this model (use free_band=0)")
+        self.free_band = free_band
         self.dtype = dtype
         self.matmul = matmul or dtype
         self._half = [self._cast(w) for w in ws]
@@ -134,7 +159,10 @@ class Stationarity:
         flat = t.reshape(-1)
         return torch.dot(flat, flat).double()
 
-    def __call__(self, z: torch.Tensor, lam: torch.Tensor, y: torch.Tensor):
+    def __call__(self, z: torch.Tensor, lam: torch.Tensor, y: torch.Tensor,
+                 gates: torch.Tensor | None = None):
+        if (gates is not None) != (self.free_band > 0):
+            raise ValueError("pass gates exactly when free_band > 0")
         W, Wh, L = self.weights, self._half, len(self.weights)
         dt, m = self.dtype, z.shape[0]
         # forward: a[l] is layer l's input (ah: its copy in the product precision), h[l] its
@@ -148,6 +176,12 @@ class Stationarity:
             a.append(torch.relu(hi))
             ah.append(self._cast(a[-1]))
             si, spi = self._gates(hi)
+            if i == 0 and gates is not None:
+                band = hi.abs() < self.free_band
+                gates.copy_(torch.where(band, gates.clamp(0, 1), si))
+                si = gates.to(dt).clone()
+                if spi is not None:
+                    spi = spi.masked_fill(band, 0)
             s.append(si)
             sp.append(spi)
         # backward: delta[l] = dPhi/dh_l, u[l] = W_{l+1}^T delta_{l+1} (as rows)
@@ -221,4 +255,7 @@ class Stationarity:
         if pairs:  # dL/d(start) = -2/m eps_L; lam_jc moves start[y_j] up and start[c] down
             d_start = -2 * eps[L - 1] / m
             grad_lam = d_start.gather(1, y.long()[:, None]) - d_start.gather(1, wrong)
-        return stat, grad_z, grad_lam
+        if gates is None:
+            return stat, grad_z, grad_lam
+        grad_gates = (-2 * (ly / m) * u[0] * e[0]).masked_fill(~band, 0)
+        return stat, grad_z, grad_lam, grad_gates

@@ -228,3 +228,110 @@ def test_precision_choice():
         ReconConfig(matmul="half")
     assert isinstance(keep_freed_memory(), bool)
     assert keep_freed_memory() == keep_freed_memory()  # idempotent
+
+
+# --------------------------------------------------------------------------- free gates
+
+
+def _free_gate_reference(model, x, lam, y, alpha, band_eps, gates):
+    """L_stat with the first layer's gates free on the band, written out per layer with
+    autograd (an independent check of the closed form): the paper's network, one output."""
+    W1, W2, w3 = (layer.weight for layer in model.layers)
+    b1 = model.layers[0].bias
+    x = x.clone().requires_grad_(True)
+    lam = lam.clone().requires_grad_(True)
+    G = gates.clone().requires_grad_(True)
+
+    def surrogate(h, g):  # forward: relu(h); derivative in h: the gate g
+        return torch.relu(h).detach() + g * (h - h.detach())
+
+    h1 = x @ W1.T + b1
+    band = h1.detach().abs() < band_eps
+    g1 = torch.where(band, G.clamp(0, 1), torch.sigmoid(alpha * h1))
+    a1 = surrogate(h1, g1)
+    h2 = a1 @ W2.T
+    g2 = torch.sigmoid(alpha * h2)
+    a2 = surrogate(h2, g2)
+    d2 = g2 * w3  # dPhi/dh2, per candidate
+    d1 = (d2 @ W2) * g1  # dPhi/dh1
+    c = (lam * y / len(x))[:, None]
+    loss = ((w3 - (c * a2).sum(0)).pow(2).sum() + (W2 - (c * d2).T @ a1).pow(2).sum()
+            + (W1 - (c * d1).T @ x).pow(2).sum() + (b1 - (c * d1).sum(0)).pow(2).sum())
+    gx, gl, gg = torch.autograd.grad(loss, [x, lam, G])
+    return loss.detach(), gx, gl, gg.masked_fill(~band, 0), band
+
+
+def test_free_gates_equal_the_reference_and_leave_other_entries_alone():
+    model = _low_rank_model()
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(6, 12, generator=g, dtype=F64)
+    lam = torch.rand(6, generator=g, dtype=F64) * 3
+    y = balanced_labels(6, F64)
+    eps = 0.4  # wide, so that a good share of the (6, 7) first-layer entries is in the band
+    gates = torch.rand(6, 7, generator=g, dtype=F64) * 1.4 - 0.2  # some outside [0, 1]
+    want, gx, gl, gg, band = _free_gate_reference(model, x, lam, y, 10.0, eps, gates)
+    assert 5 <= int(band.sum()) <= 37  # both kinds of entry are tested
+    mine = gates.clone()
+    got, gz, gl2, gg2 = Stationarity(model, None, alpha=10.0, free_band=eps, dtype=F64)(
+        x, lam, y, mine)
+    assert got.item() == pytest.approx(want.item(), rel=1e-10)
+    for a, b in ((gz, gx), (gl2, gl), (gg2, gg)):
+        torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-9 * b.abs().max().item())
+    # in the band the gates are clamped into [0, 1]; outside, set to the soft gate used there
+    h1 = x @ model.layers[0].weight.T + model.layers[0].bias
+    torch.testing.assert_close(mine[band], gates[band].clamp(0, 1))
+    torch.testing.assert_close(mine[~band], torch.sigmoid(10.0 * h1)[~band])
+    # an empty band is the plain loss
+    plain = Stationarity(model, None, alpha=10.0, dtype=F64)(x, lam, y)
+    tiny = Stationarity(model, None, alpha=10.0, free_band=1e-12, dtype=F64)(
+        x, lam, y, gates.clone())
+    for a, b in zip(plain, tiny):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert not tiny[3].any()
+    with pytest.raises(ValueError, match="gates exactly"):
+        Stationarity(model, None, alpha=10.0, free_band=eps, dtype=F64)(x, lam, y)
+    with pytest.raises(ValueError, match="frozen"):
+        Stationarity(_low_rank_model(frozen=(0,)), None, alpha=10.0, free_band=eps)
+
+
+def test_free_gates_reach_the_bounded_least_squares_fit_at_the_truth_and_resume(tmp_path):
+    """Started at a trained model's training set with the exact step and the candidates held
+    still, the reconstruction's free gates and multipliers reach the residual of the
+    alternating bounded least squares of ``benchmarks/kinks.py`` (an independent solver),
+    below the exact step's; and a checkpoint holds the gates."""
+    import importlib.util
+    from pathlib import Path
+
+    from recon.train import TrainConfig, train
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_kinks", Path(__file__).resolve().parents[1] / "benchmarks" / "kinks.py")
+    kinks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(kinks)
+
+    g = torch.Generator().manual_seed(0)
+    x = (0.5 * torch.randn(8, 1, 4, 4, generator=g, dtype=F64)).clamp(-1, 1)
+    y = balanced_labels(8, F64)
+    torch.manual_seed(0)
+    model = MLP((1, 4, 4), (16, 8), init_scale=0.3).double()
+    train(model, x, y, TrainConfig(widths=(16, 8), init_scale=0.3, lr=0.2, epochs=3000,
+                                   weight_decay=0.01, log_every=1000), progress=False)
+    base = dict(n_candidates=8, steps=300, lr_x=1e-12, alpha=1e6, subspace_tol=0.0,
+                box="none", lambda_min=0.0, dtype="float64", lr_lambda=0.05, lr_gate=0.05)
+    exact = reconstruct(model, ReconConfig(**base), x_init=x, y=y, progress=False)
+    free = reconstruct(model, ReconConfig(**base, free_gates=0.1), x_init=x, y=y,
+                       progress=False)
+    want = kinks.free_gate_residual(model, x, y, 0.1)
+    assert want["free_pairs"] > 0
+    # measured (float64): exact step 0.056526, free gates 0.054548, the solver 0.054548
+    assert free.final()["stat_rel"] == pytest.approx(want["unexplained"], rel=1e-4)
+    assert free.final()["stat_rel"] < 0.98 * exact.final()["stat_rel"]
+    cfg = dict(base, free_gates=0.1, steps=20)
+    straight = reconstruct(model, ReconConfig(**cfg), x_init=x, y=y, progress=False)
+    path = tmp_path / "r.pt"
+    reconstruct(model, ReconConfig(**{**cfg, "steps": 10}), x_init=x, y=y, checkpoint=path,
+                progress=False)
+    assert "gates" in torch.load(path, weights_only=True)
+    resumed = reconstruct(model, ReconConfig(**cfg), x_init=x, y=y, checkpoint=path,
+                          progress=False)
+    assert torch.equal(resumed.lam, straight.lam)
