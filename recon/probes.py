@@ -16,12 +16,18 @@ victim when the point is to understand, not to attack):
 
 Both use :func:`recon.reconstruct.reconstruct` unchanged, so they measure exactly the
 library's recipe (its row space, box, soft gate and precision).
+
+A third needs no reconstruction at all: :func:`kink_membership` asks how many of the first
+layer's hyperplanes pass (almost) through each sample. Training with weight decay leaves the
+training images on many of them, where the ReLU has its kink (chapter 6), so the share is a
+membership score that reads only the weights and the samples.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import torch
 
 from .evaluate import evaluate, ncc_pairs
@@ -29,7 +35,7 @@ from .kkt import kkt_diagnostic
 from .reconstruct import ReconConfig, reconstruct
 from .sweep.objectives import kkt_residual
 
-__all__ = ["blend", "basin", "fair_comparison"]
+__all__ = ["blend", "basin", "fair_comparison", "pre_activations", "auc", "kink_membership"]
 
 
 def blend(x: torch.Tensor, mean: torch.Tensor, target: float, seed: int = 0) -> torch.Tensor:
@@ -112,3 +118,47 @@ def fair_comparison(model, task, config: ReconConfig, *, seed: int = 0,
         "random_test_control_ncc>0.8": control.count(ncc_above=0.8),
         "wall_time_s": seeded.wall_time + random.wall_time,
     }
+
+
+@torch.no_grad()
+def pre_activations(model, x: torch.Tensor) -> list[torch.Tensor]:
+    """The pre-activations of each hidden layer of ``model`` at ``x``, ``(n, width)`` each."""
+    out = []
+    h = x.flatten(1).to(model.layers[0].weight)
+    for layer in model.layers[:-1]:
+        z = layer(h)
+        out.append(z)
+        h = torch.relu(z)
+    return out
+
+
+def auc(pos, neg) -> float:
+    """P(score of a positive > score of a negative), ties counted half (Mann-Whitney)."""
+    pos, neg = torch.as_tensor(pos).double(), torch.as_tensor(neg).double()
+    greater = (pos[:, None] > neg[None, :]).double().mean()
+    ties = (pos[:, None] == neg[None, :]).double().mean()
+    return float(greater + 0.5 * ties)
+
+
+def kink_membership(model, members: torch.Tensor, others: torch.Tensor, *,
+                    quantile: float = 0.01) -> dict:
+    """How much closer the first layer's hyperplanes pass to ``members`` (e.g. the training
+    samples) than to ``others`` (held-out samples of the same kind).
+
+    The threshold ``t`` is the ``quantile`` of ``|z|`` over the others' first-layer
+    pre-activations, so that by construction that share of theirs lies within ``t`` of zero,
+    whatever the scale of the inputs and weights. Each sample's score is the share of its
+    own pre-activations within ``t``; returned: ``t``, the mean share of each group, every
+    sample's score, the AUC of the score as a test of membership (0.5: no signal) and how
+    many members score above every other sample."""
+    if not 0 < quantile < 1:
+        raise ValueError(f"quantile must be in (0, 1), got {quantile!r}")
+    if len(members) == 0 or len(others) == 0:
+        raise ValueError("kink_membership needs at least one member and one other sample")
+    zm, zo = pre_activations(model, members)[0].abs(), pre_activations(model, others)[0].abs()
+    t = float(np.quantile(zo.double().flatten().cpu().numpy(), quantile))
+    sm, so = (zm < t).double().mean(1), (zo < t).double().mean(1)
+    return {"quantile": quantile, "threshold": t,
+            "share_members": float(sm.mean()), "share_others": float(so.mean()),
+            "score_members": sm.tolist(), "score_others": so.tolist(),
+            "auc": auc(sm, so), "members_above_every_other": int((sm > so.max()).sum())}

@@ -73,7 +73,7 @@ RECON_FORMAT = "recon-reconstruction/1"
 # fields added after the format was fixed, with the value that files without them were run
 # with (public: the sweep uses it to join studies started before a field existed)
 ADDED_FIELDS = {"tv": 0.0, "subspace_tol": 0.0, "matmul": "full", "all_classes": False,
-                "free_gates": 0.0, "lr_gate": 0.01}
+                "free_gates": 0.0, "lr_gate": 0.01, "free_gates_shape": "band"}
 # a run whose stationarity residual ends above this many times ||theta||^2 exploded (a random
 # start is at about 1; working runs end near 0.01)
 EXPLODED_STAT_REL = 10.0
@@ -127,6 +127,7 @@ class ReconConfig:
     # lr_gate; 0: off. See recon.stationarity.Stationarity
     free_gates: float = 0.0
     lr_gate: float = 0.01
+    free_gates_shape: str = "band"  # "band" | "smooth" (see Stationarity's free_shape)
 
     def __post_init__(self) -> None:
         if self.n_candidates < 2:
@@ -146,6 +147,9 @@ class ReconConfig:
             raise ValueError(f"tv must be a finite number >= 0, got {self.tv!r}")
         if not (0 <= self.free_gates < float("inf")):
             raise ValueError(f"free_gates must be a finite number >= 0, got {self.free_gates!r}")
+        if self.free_gates_shape not in ("band", "smooth"):
+            raise ValueError("free_gates_shape must be 'band' or 'smooth', got "
+                             f"{self.free_gates_shape!r}")
         if self.matmul not in PRECISIONS:
             raise ValueError(f"matmul must be one of {PRECISIONS}, got {self.matmul!r}")
         if self.steps < 0 or self.log_every <= 0:
@@ -446,7 +450,8 @@ class _Run:
         if device.type == "cpu":
             keep_freed_memory()
         self.stat_fn = Stationarity(net, basis, alpha=config.alpha, dtype=dtype, matmul=half,
-                                    device=device, free_band=config.free_gates)
+                                    device=device, free_band=config.free_gates,
+                                    free_shape=config.free_gates_shape)
         self.theta2 = self.stat_fn.theta2
         self.basis_h = None if basis is None or half is None else basis.to(half)
 

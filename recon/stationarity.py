@@ -53,7 +53,10 @@ gradient, so
     dL/dG_jk = -2 (lambda_j y_j / m) u_1,jk e_1,jk        (zero outside the band)
 
 and the loss minimised over the gates is the stationarity residual with the ReLU's Clarke
-subdifferential on the band.
+subdifferential on the band. A hard band gives a candidate no reason to move onto a kink;
+``free_shape="smooth"`` frees each gate with weight ``w = exp(-(h_1 / eps)^2)`` (gate ``s +
+w (G - s)``), so that ``dL/dh_1`` gains ``w' (G - s)`` times the gate's adjoint, and
+``dL/dG`` above is multiplied by ``w``.
 
 Chapter 3 derives the loss; the tests check this gradient against autograd's double backward.
 """
@@ -79,6 +82,9 @@ class Stationarity:
             derivative is then zero).
         free_band: > 0: the first layer's gates of pre-activations within this distance of
             zero are free (taken from the ``gates`` argument of a call); 0: off.
+        free_shape: ``"band"``: free within ``free_band`` of zero, the step or soft gate
+            elsewhere; ``"smooth"``: free with weight ``exp(-(h / free_band)^2)``, whose slope
+            in ``h`` moves candidates towards kinks where a free gate fits the weights better.
         dtype: working precision of weights, residuals and gradients (float32 or float64).
         matmul: precision of the matrix products: ``dtype`` itself (default), or
             ``torch.bfloat16`` / ``torch.float16``. Every product's result is brought back to
@@ -102,6 +108,7 @@ class Stationarity:
         *,
         alpha: float | None,
         free_band: float = 0.0,
+        free_shape: str = "band",
         dtype: torch.dtype = torch.float32,
         matmul: torch.dtype | None = None,
         device: torch.device | str | None = None,
@@ -129,7 +136,9 @@ class Stationarity:
         if free_band > 0 and not self.trained[0]:
             raise ValueError("free gates act on the first layer's gradient; its weights are "
                              "frozen in this model (use free_band=0)")
-        self.free_band = free_band
+        if free_shape not in ("band", "smooth"):
+            raise ValueError(f"free_shape must be 'band' or 'smooth', got {free_shape!r}")
+        self.free_band, self.free_shape = free_band, free_shape
         self.dtype = dtype
         self.matmul = matmul or dtype
         self._half = [self._cast(w) for w in ws]
@@ -177,11 +186,23 @@ class Stationarity:
             ah.append(self._cast(a[-1]))
             si, spi = self._gates(hi)
             if i == 0 and gates is not None:
-                band = hi.abs() < self.free_band
-                gates.copy_(torch.where(band, gates.clamp(0, 1), si))
-                si = gates.to(dt).clone()
-                if spi is not None:
-                    spi = spi.masked_fill(band, 0)
+                # how free each gate is: w = 1 on the band, 0 off it ("band"), or
+                # exp(-(h/eps)^2) ("smooth", whose slope pulls a candidate onto a kink when
+                # the free gate fits better); the gate is s + w (G - s)
+                if self.free_shape == "band":
+                    w, wp = (hi.abs() < self.free_band).to(dt), None
+                else:
+                    w = torch.exp(-(hi / self.free_band) ** 2)
+                    wp = -2 * hi / self.free_band ** 2 * w
+                # gates with w < 1e-2 are not free: reset to the gate used there, so that an
+                # entry that comes close to its kink starts from it
+                w = w.masked_fill(w < 1e-2, 0)
+                gates.copy_(torch.where(w > 0, gates.clamp(0, 1), si))
+                diff = gates.to(dt) - si
+                spi = None if spi is None else spi * (1 - w)
+                if wp is not None:
+                    spi = wp * diff if spi is None else spi + wp * diff
+                si = si + w * diff
             s.append(si)
             sp.append(spi)
         # backward: delta[l] = dPhi/dh_l, u[l] = W_{l+1}^T delta_{l+1} (as rows)
@@ -257,5 +278,5 @@ class Stationarity:
             grad_lam = d_start.gather(1, y.long()[:, None]) - d_start.gather(1, wrong)
         if gates is None:
             return stat, grad_z, grad_lam
-        grad_gates = (-2 * (ly / m) * u[0] * e[0]).masked_fill(~band, 0)
+        grad_gates = -2 * (ly / m) * u[0] * e[0] * w
         return stat, grad_z, grad_lam, grad_gates

@@ -233,9 +233,10 @@ def test_precision_choice():
 # --------------------------------------------------------------------------- free gates
 
 
-def _free_gate_reference(model, x, lam, y, alpha, band_eps, gates):
-    """L_stat with the first layer's gates free on the band, written out per layer with
-    autograd (an independent check of the closed form): the paper's network, one output."""
+def _free_gate_reference(model, x, lam, y, alpha, band_eps, gates, shape="band"):
+    """L_stat with the first layer's gates free on the band (or with the smooth weight),
+    written out per layer with autograd (an independent check of the closed form): the
+    paper's network, one output."""
     W1, W2, w3 = (layer.weight for layer in model.layers)
     b1 = model.layers[0].bias
     x = x.clone().requires_grad_(True)
@@ -246,8 +247,12 @@ def _free_gate_reference(model, x, lam, y, alpha, band_eps, gates):
         return torch.relu(h).detach() + g * (h - h.detach())
 
     h1 = x @ W1.T + b1
-    band = h1.detach().abs() < band_eps
-    g1 = torch.where(band, G.clamp(0, 1), torch.sigmoid(alpha * h1))
+    soft = torch.sigmoid(alpha * h1)
+    w = ((h1.abs() < band_eps).to(h1) if shape == "band"
+         else torch.exp(-(h1 / band_eps) ** 2))  # autograd differentiates the smooth weight
+    w = w.masked_fill(w.detach() < 1e-2, 0)  # a gate with weight under 1e-2 is not free
+    band = w.detach() > 0
+    g1 = soft + w * (torch.where(band, G, soft.detach()) - soft)  # G: in [0, 1] already
     a1 = surrogate(h1, g1)
     h2 = a1 @ W2.T
     g2 = torch.sigmoid(alpha * h2)
@@ -258,10 +263,11 @@ def _free_gate_reference(model, x, lam, y, alpha, band_eps, gates):
     loss = ((w3 - (c * a2).sum(0)).pow(2).sum() + (W2 - (c * d2).T @ a1).pow(2).sum()
             + (W1 - (c * d1).T @ x).pow(2).sum() + (b1 - (c * d1).sum(0)).pow(2).sum())
     gx, gl, gg = torch.autograd.grad(loss, [x, lam, G])
-    return loss.detach(), gx, gl, gg.masked_fill(~band, 0), band
+    return loss.detach(), gx, gl, gg, band
 
 
-def test_free_gates_equal_the_reference_and_leave_other_entries_alone():
+@pytest.mark.parametrize("shape", ["band", "smooth"])
+def test_free_gates_equal_the_reference_and_leave_other_entries_alone(shape):
     model = _low_rank_model()
     g = torch.Generator().manual_seed(3)
     x = torch.randn(6, 12, generator=g, dtype=F64)
@@ -269,11 +275,14 @@ def test_free_gates_equal_the_reference_and_leave_other_entries_alone():
     y = balanced_labels(6, F64)
     eps = 0.4  # wide, so that a good share of the (6, 7) first-layer entries is in the band
     gates = torch.rand(6, 7, generator=g, dtype=F64) * 1.4 - 0.2  # some outside [0, 1]
-    want, gx, gl, gg, band = _free_gate_reference(model, x, lam, y, 10.0, eps, gates)
+    # the reference at the clamped gates: the library clamps them in place, and its gradient
+    # is the one at the clamped value (a projected step)
+    want, gx, gl, gg, band = _free_gate_reference(model, x, lam, y, 10.0, eps,
+                                                  gates.clamp(0, 1), shape)
     assert 5 <= int(band.sum()) <= 37  # both kinds of entry are tested
     mine = gates.clone()
-    got, gz, gl2, gg2 = Stationarity(model, None, alpha=10.0, free_band=eps, dtype=F64)(
-        x, lam, y, mine)
+    got, gz, gl2, gg2 = Stationarity(model, None, alpha=10.0, free_band=eps, dtype=F64,
+                                     free_shape=shape)(x, lam, y, mine)
     assert got.item() == pytest.approx(want.item(), rel=1e-10)
     for a, b in ((gz, gx), (gl2, gl), (gg2, gg)):
         torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-9 * b.abs().max().item())
