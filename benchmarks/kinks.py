@@ -53,31 +53,13 @@ import torch  # noqa: E402
 
 from recon.files import atomic_write_json  # noqa: E402
 from recon.kkt import kkt_diagnostic  # noqa: E402
+from recon.probes import auc, pre_activations  # noqa: E402
 from recon.provenance import provenance  # noqa: E402
 from recon.rundir import held_out_labelled, load_run  # noqa: E402
 
 EPS = (1e-5, 1e-4, 1e-3)
 FREE_EPS = (1e-4, 1e-3)  # the bands in which the first layer's gates are free
 ALPHAS = (None, 1e5, 1e4, 1e3, 1e2, 30.0)  # None: the exact step
-
-
-def pre_activations(model, x: torch.Tensor) -> list[torch.Tensor]:
-    """The pre-activations of each hidden layer, ``(n, width)`` each."""
-    out = []
-    with torch.no_grad():
-        h = x.flatten(1).to(model.layers[0].weight)
-        for layer in model.layers[:-1]:
-            z = layer(h)
-            out.append(z)
-            h = torch.relu(z)
-    return out
-
-
-def auc(pos: np.ndarray, neg: np.ndarray) -> float:
-    """P(score of a positive > score of a negative), ties counted half (Mann-Whitney)."""
-    greater = (pos[:, None] > neg[None, :]).mean()
-    ties = (pos[:, None] == neg[None, :]).mean()
-    return float(greater + 0.5 * ties)
 
 
 @torch.no_grad()

@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a field of the recipe, e.g. --set alpha=1000 (repeatable)")
     ap.add_argument("--skip-fair", action="store_true", help="the basin only")
+    ap.add_argument("--skip-basin", action="store_true", help="the fair comparison only")
     ap.add_argument("--basin-steps", type=int, default=1000)
     ap.add_argument("--fair-steps", type=int, default=2000)
     ap.add_argument("--targets", type=float, nargs="+", default=[0.8, 0.6, 0.4])
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
         done("truth", {"kkt_unexplained": diag.unexplained,
                        "n_positive_multipliers": int((diag.lam > 0).sum())})
     key = f"basin-{args.basin_steps}"
-    if key not in payload:
+    if key not in payload and not args.skip_basin:
         t0 = time.perf_counter()
         rows = basin(model, task, dataclasses.replace(cfg, steps=args.basin_steps),
                      targets=tuple(args.targets), seed=args.seed)

@@ -51,6 +51,7 @@ import torch
 from torch import nn
 
 from .models import MLP, UnsupportedModelError
+from .probes import kink_membership
 
 __all__ = ["audit", "load_model", "load_samples", "Samples", "parse_budget",
            "UntrustedFileError", "AUDIT_FORMAT", "write_report", "vector_evaluation"]
@@ -725,6 +726,10 @@ def audit(
             else:
                 scored["test_control"] = vector_evaluation(pool, xs_test).counts()
             scored["n_test"] = len(xs_test)
+            km = kink_membership(net, xt, xs_test)
+            scored["kinks"] = {k: km[k] for k in (
+                "quantile", "threshold", "share_members", "share_others", "auc",
+                "members_above_every_other")}
         if samples_y is not None:
             diag = kkt_diagnostic(net, xt, samples_y)
             report["model"]["residual_at_training_set"] = diag.unexplained
@@ -862,6 +867,26 @@ def write_report(report: dict, path: str | os.PathLike, gallery: list[dict] = ()
                  "training samples away, not only what samples of a class look like. A low "
                  "unexplained part says the weights are close to the stationarity equation the "
                  "attack inverts; it is not proof that the training set was found.</p>")
+    if sc is not None and "kinks" in sc:
+        k = sc["kinks"]
+        parts.append(
+            "<h2 id='kinks'>Membership without reconstruction: the first layer's kinks</h2>"
+            + _table([
+                {"measure": "first-layer pre-activations within the threshold, held-out "
+                            "samples (the threshold is set to make this share)",
+                 "value": f"{k['share_others']:.2%}"},
+                {"measure": "the same, training samples", "value": f"{k['share_members']:.2%}"},
+                {"measure": "AUC of each sample's share as a membership test (0.5: none)",
+                 "value": f"{k['auc']:.2f}"},
+                {"measure": "training samples above every held-out sample",
+                 "value": k["members_above_every_other"]}])
+            + "<p>Training with weight decay leaves many first-layer units with a "
+              "pre-activation of almost exactly zero on training samples: the unit's "
+              "hyperplane passes through them. Counting, per sample, how many pre-activations "
+              f"lie within {k['threshold']:.2g} of zero (the {k['quantile']:.0%} quantile on "
+              "the held-out samples) tells members from non-members with the weights alone, "
+              "no reconstruction needed. An AUC well above 0.5 says a white-box membership "
+              "test works on this model even where the reconstruction finds nothing.</p>")
     if gallery:
         cards = []
         for g in gallery:

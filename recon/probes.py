@@ -85,10 +85,10 @@ def basin(model, task, config: ReconConfig, targets=(0.8, 0.6, 0.4), *, seed: in
 def fair_comparison(model, task, config: ReconConfig, *, seed: int = 0,
                     progress: bool = False) -> dict:
     """The truth plus ``n`` random candidates against ``2n`` random candidates, same recipe,
-    steps, precision and seed. Returns each run's exact-ReLU residual at the end, how many
-    truth slots are still above NCC 0.9 with their own image, how many training images the
-    random run recovered (one-to-one, NCC > 0.9 and > 0.8) and, as its control, how many of
-    ``n`` held-out test images the same candidates match as well
+    steps, precision and seed. Returns each run's exact-ReLU residual and its own loss at the
+    end, how many truth slots are still above NCC 0.9 with their own image, how many training
+    images the random run recovered (one-to-one, NCC > 0.9 and > 0.8) and, as its control,
+    how many of ``n`` held-out test images the same candidates match as well
     (:func:`recon.rundir.held_out`). Binary tasks."""
     from .rundir import held_out
 
@@ -110,6 +110,9 @@ def fair_comparison(model, task, config: ReconConfig, *, seed: int = 0,
         "n": n, "steps": cfg.steps,
         "seeded_residual": kkt_residual(model, seeded.x, seeded.lam, seeded.y),
         "random_residual": kkt_residual(model, random.x, random.lam, random.y),
+        # the same comparison in the run's own loss (its gate: soft, sharp or free)
+        "seeded_loss": seeded.final().get("stat_rel"),
+        "random_loss": random.final().get("stat_rel"),
         "truth_slots_ncc>0.9": int((stay > 0.9).sum()),
         "truth_slots_ncc>0.8": int((stay > 0.8).sum()),
         "random_recovered_ncc>0.9": found.count(ncc_above=0.9),

@@ -286,6 +286,15 @@ def test_audit_end_to_end_on_images(user_model, capsys):
     # not yet measured on a CPU whose `auto` precision is bfloat16)
     assert sc["counts"]["ncc>0.9"] >= 15 and sc["test_control"]["ncc>0.9"] <= 1
     assert report["verdict"]["leaks"] is True
+    # the kink test of membership: the library's, on the model the audit read
+    from recon.audit import load_model
+    from recon.probes import kink_membership
+
+    km = kink_membership(load_model(d / "model.safetensors").double(),
+                         torch.tensor(tr["x"]), torch.tensor(te["x"]))
+    assert sc["kinks"]["auc"] == pytest.approx(km["auc"])
+    assert sc["kinks"]["share_others"] == pytest.approx(0.01, abs=0.002)
+    assert "id='kinks'" in html
     assert report["attacker_knows"]["mean"] is True and report["model"]["input"] == "images"
     assert f"{sc['counts']['ncc>0.9']} of 30 training samples came back" in html
     assert html.count("<img") == 2 * len(sc["top_pairs"])

@@ -10,7 +10,7 @@ import torch
 
 from recon.data import load_task
 from recon.evaluate import ncc_pairs
-from recon.probes import basin, blend, fair_comparison
+from recon.probes import auc, basin, blend, fair_comparison, kink_membership
 from recon.reconstruct import ReconConfig
 from recon.train import TrainConfig, train_task
 
@@ -52,3 +52,27 @@ def test_fair_comparison_keys_and_truth_slots(small):
     # no step taken: the random run's candidates are noise of scale 1e-3, matched to nothing
     assert out["random_recovered_ncc>0.9"] == 0 and out["random_test_control_ncc>0.9"] == 0
     assert out["seeded_residual"] < out["random_residual"]  # at the start the truth fits
+
+
+def test_kink_membership_tells_training_from_held_out_digits(small):
+    """The first layer's hyperplanes pass through training digits more often than through test
+    digits. Measured on this fixture (three training seeds, 1 and 2 threads, AMD EPYC):
+    members 2.2-3.5% of pre-activations within the threshold against 1.0% by construction,
+    AUC 0.84-0.995; the same test between two halves of the held-out digits: AUC 0.34-0.48."""
+    from recon.rundir import held_out
+
+    model, task = small
+    others = held_out(task)
+    k = kink_membership(model, task.x_train, others)
+    assert k["share_others"] == pytest.approx(0.01, abs=0.002)  # the quantile's definition
+    assert k["share_members"] > 1.8 * k["share_others"]
+    assert k["auc"] > 0.75 and k["members_above_every_other"] >= 1
+    control = kink_membership(model, others[:5], others[5:])
+    assert control["auc"] < 0.7
+    with pytest.raises(ValueError, match="quantile"):
+        kink_membership(model, task.x_train, others, quantile=1.5)
+
+
+def test_auc_counts_ties_half():
+    assert auc([2.0, 3.0], [1.0]) == 1.0 and auc([1.0], [2.0]) == 0.0
+    assert auc([1.0, 1.0], [1.0, 1.0]) == 0.5
