@@ -883,7 +883,7 @@ def write_report(report: dict, path: str | os.PathLike, gallery: list[dict] = ()
             + "<p>Training with weight decay leaves many first-layer units with a "
               "pre-activation of almost exactly zero on training samples: the unit's "
               "hyperplane passes through them. Counting, per sample, how many pre-activations "
-              f"lie within {k['threshold']:.2g} of zero (the {k['quantile']:.0%} quantile on "
+              f"lie within {k['threshold']:.2g} of zero (the {k['quantile']:.1%} quantile on "
               "the held-out samples) tells members from non-members with the weights alone, "
               "no reconstruction needed. An AUC well above 0.5 says a white-box membership "
               "test works on this model even where the reconstruction finds nothing.</p>")

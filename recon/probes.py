@@ -144,7 +144,7 @@ def auc(pos, neg) -> float:
 
 
 def kink_membership(model, members: torch.Tensor, others: torch.Tensor, *,
-                    quantile: float = 0.01) -> dict:
+                    quantile: float = 0.003) -> dict:
     """How much closer the first layer's hyperplanes pass to ``members`` (e.g. the training
     samples) than to ``others`` (held-out samples of the same kind).
 
@@ -153,7 +153,9 @@ def kink_membership(model, members: torch.Tensor, others: torch.Tensor, *,
     whatever the scale of the inputs and weights. Each sample's score is the share of its
     own pre-activations within ``t``; returned: ``t``, the mean share of each group, every
     sample's score, the AUC of the score as a test of membership (0.5: no signal) and how
-    many members score above every other sample."""
+    many members score above every other sample. The default quantile was chosen on the two
+    n = 500 shadow models (AUC 0.817 MNIST, 0.807 CIFAR-10; 0.791 and 0.771 at 0.01) and
+    gives 0.782 and 0.824 on the victims (``results/probes/membership-n500.json``)."""
     if not 0 < quantile < 1:
         raise ValueError(f"quantile must be in (0, 1), got {quantile!r}")
     if len(members) == 0 or len(others) == 0:

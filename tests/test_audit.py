@@ -293,7 +293,7 @@ def test_audit_end_to_end_on_images(user_model, capsys):
     km = kink_membership(load_model(d / "model.safetensors").double(),
                          torch.tensor(tr["x"]), torch.tensor(te["x"]))
     assert sc["kinks"]["auc"] == pytest.approx(km["auc"])
-    assert sc["kinks"]["share_others"] == pytest.approx(0.01, abs=0.002)
+    assert sc["kinks"]["share_others"] == pytest.approx(0.003, abs=0.001)
     assert "id='kinks'" in html
     assert report["attacker_knows"]["mean"] is True and report["model"]["input"] == "images"
     assert f"{sc['counts']['ncc>0.9']} of 30 training samples came back" in html
