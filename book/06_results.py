@@ -1049,7 +1049,7 @@ assert all(abs(v - basin_of["shadow", "0.01", "100", t]) <= 0.1 * max(v, 10)
 # with the recipe's soft gate the same comparison on the MNIST victim ended with the random
 # candidates lower ({glue:text}`pr_random:.2%` against {glue:text}`pr_seeded:.2%`). (The
 # exact step's residuals, {glue:text}`ff_seeded_residual:.2%` and
-# {glue:text}`ff_random_residual:.2%`, cannot see the free gates.)
+# {glue:text}`ff_random_residual:.2%`, leave the free gates out.)
 # {glue:text}`ff_truth_slots_ncc0p9` truth slots stay above NCC 0.9
 # ({glue:text}`ff_truth_slots_ncc0p8` above 0.8), and the random candidates bring back
 # {glue:text}`ff_random_recovered_ncc0p9` digits (test control
