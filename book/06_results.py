@@ -1028,7 +1028,9 @@ for d in (ff_doc, ffc_doc, ffb):
     print("measured on:", d["provenance"]["cpu"]["model"], "| command:",
           d["provenance"]["command"])
 # the sentences below, checked on the committed numbers
-assert abs(mean_of["shadow", "soft, then free gates"] - mean_of["shadow", "recipe"]) <= 3
+assert all(mean_of["shadow", k] - mean_of["shadow", "recipe"] <= max(rec_seeds) - min(rec_seeds)
+           for k in ("soft, then free gates", "soft, then sharp and free gates",
+                     "soft, then smooth free gates"))
 assert max(mean_of["shadow", k] for k in ("soft, then sharp and free gates",
                                           "soft, then smooth free gates")) \
     < mean_of["shadow", "recipe"]
@@ -1064,16 +1066,17 @@ assert all(abs(v - basin_of["shadow", "0.01", "100", t]) <= 0.1 * max(v, 10)
 # bring back {glue:text}`ff_dir_seeds` digits on the two seeds, against the recipe's
 # {glue:text}`sharp_recipe_seeds`; fewer with a sharp gate beside them
 # ({glue:text}`dir_shadow_sharpfree:.0f`) or with the smooth weight that should pull
-# candidates onto kinks ({glue:text}`dir_shadow_smoothfree:.0f`). None was better on the
-# shadow, so none was run on the victim. The candidates that the soft gate leaves behind are
-# blends, not near any training image, and the free gates' advantage lives at the training
-# images' own kinks: in this loss the training set is a much better
-# point that local steps from a blend do not reach. The basin says the same. Started at
+# candidates onto kinks ({glue:text}`dir_shadow_smoothfree:.0f`). None beat the recipe by
+# more than its own two seeds differ, so none was run on the victim. The candidates that the
+# soft gate leaves behind are blends, not near any training image, and the free gates'
+# advantage lives at the training images' own kinks: in this loss the training set is a much
+# better point that local steps from a blend do not reach. The basin says the same. Started at
 # blends of the MNIST shadow's images at NCC 0.8, 0.6 and 0.4, free gates bring back
 # {glue:text}`ffb_8`, {glue:text}`ffb_6` and {glue:text}`ffb_4` above 0.9 in 1,000 steps,
 # against {glue:text}`ffb_recipe_8`, {glue:text}`ffb_recipe_6` and {glue:text}`ffb_recipe_4`
 # with the recipe's soft gate: free gates, which act only within $10^{-3}$ of a kink, leave
 # the blends' fate as it was.
+#
 # What the next attempt needs is a search that lands on kinks (a training image sits on
 # several times more of the first layer's hyperplanes than a test image, the table of
 # kinks above), not another loss.
