@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from recon.files import atomic_write_json  # noqa: E402
-from recon.probes import kink_membership  # noqa: E402
+from recon.probes import KINK_SUMMARY, kink_membership  # noqa: E402
 from recon.provenance import provenance  # noqa: E402
 from recon.rundir import held_out, load_run  # noqa: E402
 
@@ -47,9 +47,7 @@ def main(argv=None) -> int:
         rows = []
         for q in args.quantiles:
             k = kink_membership(run.model, run.task.x_train, others, quantile=q)
-            rows.append({key: k[key] for key in ("quantile", "threshold", "share_members",
-                                                  "share_others", "auc",
-                                                  "members_above_every_other")})
+            rows.append({key: k[key] for key in KINK_SUMMARY})
             print(f"{path.name}: quantile {q:g}: {k['share_members']:.2%} of training against "
                   f"{k['share_others']:.2%} of test pre-activations, AUC {k['auc']:.3f}",
                   flush=True)

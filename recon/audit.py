@@ -51,7 +51,7 @@ import torch
 from torch import nn
 
 from .models import MLP, UnsupportedModelError
-from .probes import kink_membership
+from .probes import KINK_SUMMARY, kink_membership
 
 __all__ = ["audit", "load_model", "load_samples", "Samples", "parse_budget",
            "UntrustedFileError", "AUDIT_FORMAT", "write_report", "vector_evaluation"]
@@ -727,9 +727,7 @@ def audit(
                 scored["test_control"] = vector_evaluation(pool, xs_test).counts()
             scored["n_test"] = len(xs_test)
             km = kink_membership(net, xt, xs_test)
-            scored["kinks"] = {k: km[k] for k in (
-                "quantile", "threshold", "share_members", "share_others", "auc",
-                "members_above_every_other")}
+            scored["kinks"] = {k: km[k] for k in KINK_SUMMARY}
         if samples_y is not None:
             diag = kkt_diagnostic(net, xt, samples_y)
             report["model"]["residual_at_training_set"] = diag.unexplained

@@ -35,7 +35,13 @@ from .kkt import kkt_diagnostic
 from .reconstruct import ReconConfig, reconstruct
 from .sweep.objectives import kkt_residual
 
-__all__ = ["blend", "basin", "fair_comparison", "pre_activations", "auc", "kink_membership"]
+__all__ = ["blend", "basin", "fair_comparison", "pre_activations", "auc", "kink_membership",
+           "KINK_SUMMARY"]
+
+#: the entries of :func:`kink_membership`'s result that summarise it (without the per-sample
+#: scores): what the audit report and ``benchmarks/membership.py`` keep
+KINK_SUMMARY = ("quantile", "threshold", "share_members", "share_others", "auc",
+                "members_above_every_other")
 
 
 def blend(x: torch.Tensor, mean: torch.Tensor, target: float, seed: int = 0) -> torch.Tensor:
