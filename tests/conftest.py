@@ -1,5 +1,7 @@
-"""Shared test setup: the offline copies of MNIST / CIFAR-10 in ../shared/data."""
+"""Shared test setup: the offline copies of MNIST / CIFAR-10 in ../shared/data, and the
+benchmark scripts as modules."""
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -9,6 +11,7 @@ import pytest
 matplotlib.use("Agg")
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 @pytest.fixture(scope="session")
@@ -21,3 +24,17 @@ def data_dir() -> Path:
             "data sets (see README, 'Data')"
         )
     return path
+
+
+@pytest.fixture(scope="session")
+def load_benchmark():
+    """``load_benchmark(name)``: ``benchmarks/NAME.py`` imported as a module (the scripts are
+    not a package)."""
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCHMARKS / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load

@@ -2,9 +2,7 @@
 CLI, the sweep, reproduce and the benchmark scripts; recon.models.MLP.from_arch rebuilds a
 network from a stored architecture."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -47,7 +45,6 @@ def test_from_arch_rebuilds_the_same_network():
 # ---------------------------------------------------------------------------------------------
 # load_run: the model and the exact task of a shadow, noisy-label run; the benchmarks use it
 # ---------------------------------------------------------------------------------------------
-ROOT = Path(__file__).resolve().parents[1]
 SKIP, NOISE, NOISE_SEED = 5, 0.5, 3
 
 
@@ -73,14 +70,6 @@ def shadow_run(tmp_path_factory, _data_dir_env):
             "train": {"config": cfg.to_dict(), "epochs_done": res.epoch}}
     (run / "run.json").write_text(json.dumps(card))
     return run, task, res.model
-
-
-def _load_benchmark(name: str):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}",
-                                                  ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_load_run_returns_the_shadow_images_and_the_noisy_labels(shadow_run):
@@ -160,24 +149,25 @@ def test_the_sweep_reads_runs_through_rundir(shadow_run):
     assert fingerprint == load_run(path).fingerprint()
 
 
-def test_the_benchmarks_read_runs_through_rundir():
+def test_the_benchmarks_read_runs_through_rundir(load_benchmark):
     for name in ("ablation", "rowspace"):
-        assert _load_benchmark(name).load_run is load_run, name
+        assert load_benchmark(name).load_run is load_run, name
 
 
-def test_rowspace_scores_the_shadow_images(shadow_run):
+def test_rowspace_scores_the_shadow_images(shadow_run, load_benchmark):
     """Behaviour, not only wiring: at a cut-off that keeps the whole row space, the training
     images rowspace scores are the shadow ones (all in the span of W1 up to the small
     initialisation), not the default task's."""
     path, trained_on, _ = shadow_run
-    out = _load_benchmark("rowspace").analyse(path, tols=(1e-6, 0.5))
+    out = load_benchmark("rowspace").analyse(path, tols=(1e-6, 0.5))
     assert out["n"] == trained_on.n
     full, cut = out["cutoffs"]
     assert full["rank"] > cut["rank"]
     assert full["train_ncc>0.9"] == trained_on.n
 
 
-def test_ablation_records_the_rank_of_each_variants_cutoff(shadow_run, tmp_path):
+def test_ablation_records_the_rank_of_each_variants_cutoff(shadow_run, tmp_path,
+                                                            load_benchmark):
     """The rank in each entry is the dimension kept at that entry's subspace_tol (it was
     once computed at the default cut-off and written into every entry)."""
     from recon.reconstruct import first_layer_basis
@@ -185,7 +175,7 @@ def test_ablation_records_the_rank_of_each_variants_cutoff(shadow_run, tmp_path)
     path, _, model = shadow_run
     out = tmp_path / "tol.json"
     tols = (1e-4, 0.3)
-    _load_benchmark("ablation").main(
+    load_benchmark("ablation").main(
         ["custom", str(path), "--seeds", "0", "--steps", "3", "--out", str(out),
          "--variant", f"low:subspace_tol={tols[0]}", "--variant", f"high:subspace_tol={tols[1]}",
          "--variant", "none:subspace_tol=0"])
@@ -208,13 +198,14 @@ def test_held_out_labelled_gives_each_images_own_label():
     assert torch.equal(y, task.y_test[idx])
 
 
-def test_free_gates_start_at_the_exact_diagnostic_and_only_lower_it(_data_dir_env):
+def test_free_gates_start_at_the_exact_diagnostic_and_only_lower_it(_data_dir_env,
+                                                                   load_benchmark):
     """kinks.free_gate_residual: round 0 is kkt_diagnostic with the exact step; fitting the
     multipliers and the free gates in turn never raises the residual; with no pre-activation
     in the band nothing is free; a network it does not handle is refused."""
     from recon.kkt import kkt_diagnostic
 
-    kinks = _load_benchmark("kinks")
+    kinks = load_benchmark("kinks")
     task = load_task("mnist", 4, 4)
     cfg = TrainConfig(widths=(24, 24), epochs=300, lr=0.1, weight_decay=1e-2, dtype="float32",
                       log_every=100)

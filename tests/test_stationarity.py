@@ -303,20 +303,15 @@ def test_free_gates_equal_the_reference_and_leave_other_entries_alone(shape):
         Stationarity(_low_rank_model(frozen=(0,)), None, alpha=10.0, free_band=eps)
 
 
-def test_free_gates_reach_the_bounded_least_squares_fit_at_the_truth_and_resume(tmp_path):
+def test_free_gates_reach_the_bounded_least_squares_fit_at_the_truth_and_resume(
+        tmp_path, load_benchmark):
     """Started at a trained model's training set with the exact step and the candidates held
     still, the reconstruction's free gates and multipliers reach the residual of the
     alternating bounded least squares of ``benchmarks/kinks.py`` (an independent solver),
     below the exact step's; and a checkpoint holds the gates."""
-    import importlib.util
-    from pathlib import Path
-
     from recon.train import TrainConfig, train
 
-    spec = importlib.util.spec_from_file_location(
-        "bench_kinks", Path(__file__).resolve().parents[1] / "benchmarks" / "kinks.py")
-    kinks = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(kinks)
+    kinks = load_benchmark("kinks")
 
     g = torch.Generator().manual_seed(0)
     x = (0.5 * torch.randn(8, 1, 4, 4, generator=g, dtype=F64)).clamp(-1, 1)
