@@ -12,9 +12,10 @@ Ablations (the first argument):
 * ``subspace``: candidates kept in the first layer's row space (the default) or not
   (``subspace_tol=0``);
 * ``precision``: the matrix products of every step in the working precision (``matmul="full"``)
-  or in bfloat16. With ``--control`` it also runs the positive control in each precision:
-  started at the true training images with their KKT multipliers (m = n), how many stay
-  recovered (one-to-one NCC > 0.9), and where the residual ends;
+  or in bfloat16, or bfloat16 for the first three quarters of the steps and full precision for
+  the last quarter (``finish_full=0.25``). With ``--control`` it also runs the positive
+  control in each precision: started at the true training images with their KKT multipliers
+  (m = n), how many stay recovered (one-to-one NCC > 0.9), and where the residual ends;
 * ``custom``: variants given on the command line, ``--variant NAME:key=value,key=value``
   (fields of ``ReconConfig``; ``m_per_n=4`` sets ``n_candidates = 4n``; ``first_layer=1``
   runs no reconstruction and evaluates the paper's baseline instead, the rows of the first
@@ -65,7 +66,8 @@ from recon.stationarity import Stationarity
 ABLATIONS = {
     "custom": {},
     "subspace": {"subspace": {}, "no subspace": {"subspace_tol": 0.0}},
-    "precision": {"full": {"matmul": "full"}, "bfloat16": {"matmul": "bfloat16"}},
+    "precision": {"full": {"matmul": "full"}, "bfloat16": {"matmul": "bfloat16"},
+                  "bfloat16, full to finish": {"matmul": "bfloat16", "finish_full": 0.25}},
 }
 
 

@@ -73,7 +73,8 @@ RECON_FORMAT = "recon-reconstruction/1"
 # fields added after the format was fixed, with the value that files without them were run
 # with (public: the sweep uses it to join studies started before a field existed)
 ADDED_FIELDS = {"tv": 0.0, "subspace_tol": 0.0, "matmul": "full", "all_classes": False,
-                "free_gates": 0.0, "lr_gate": 0.01, "free_gates_shape": "band"}
+                "free_gates": 0.0, "lr_gate": 0.01, "free_gates_shape": "band",
+                "finish_full": 0.0}
 # a run whose stationarity residual ends above this many times ||theta||^2 exploded (a random
 # start is at about 1; working runs end near 0.01)
 EXPLODED_STAT_REL = 10.0
@@ -118,6 +119,10 @@ class ReconConfig:
     # float32 runs where the hardware multiplies it fast (AMX / AVX-512 BF16 CPUs, Ampere and
     # newer GPUs), else full
     matmul: str = "auto"
+    # the share of the run's last steps taken with full-precision products whatever matmul
+    # says: bfloat16 while the candidates move, full precision to settle them (0: every step
+    # in matmul's precision)
+    finish_full: float = 0.0
     # multiclass models only: a multiplier for every (candidate, wrong class) pair, the exact
     # stationarity form of cross-entropy with weight decay; False: one per candidate, against
     # its highest wrong class (Buzaglo et al., 2023)
@@ -152,6 +157,9 @@ class ReconConfig:
                              f"{self.free_gates_shape!r}")
         if self.matmul not in PRECISIONS:
             raise ValueError(f"matmul must be one of {PRECISIONS}, got {self.matmul!r}")
+        if not (0 <= self.finish_full <= 1):
+            raise ValueError(f"finish_full is a share of the steps, in [0, 1]; got "
+                             f"{self.finish_full!r}")
         if self.steps < 0 or self.log_every <= 0:
             raise ValueError("steps must be >= 0 and log_every > 0")
 
@@ -499,6 +507,11 @@ class _Run:
             return z @ self.basis.T
         return (z.to(self.half) @ self.basis_h.T).to(self.dtype)
 
+    def full_precision(self) -> None:
+        """From now on, every product in the working precision (``finish_full``)."""
+        self.half = self.basis_h = None
+        self.stat_fn.full_precision()
+
     def current_x(self) -> torch.Tensor:
         """The candidates now, ``(m, *input_shape)`` on the CPU."""
         return self.to_pixels(self.z.detach(), exact=True).view(self.shape).cpu().clone()
@@ -652,7 +665,11 @@ def _loop(run: _Run, snapshot_steps, path: Path | None, checkpoint_every: int,
         res.snapshots[0] = run.current_x()
     bar = tqdm(range(res.step, config.steps), desc="reconstruct", disable=not progress,
                initial=res.step, total=config.steps)
+    # the step from which the products run in full precision (config.finish_full)
+    switch = config.steps - round(config.finish_full * config.steps)
     for step in bar:
+        if step >= switch and run.half is not None:
+            run.full_precision()
         terms = run.step()
         if not torch.isfinite(terms["loss"]):
             raise ReconstructionDiverged(

@@ -146,6 +146,11 @@ class Stationarity:
                                 for layer, t in zip(model.layers, self.trained) if t
                                 for p in layer.parameters()))
 
+    def full_precision(self) -> None:
+        """Multiply in the working precision from now on (a run's ``finish_full``)."""
+        self.matmul = self.dtype
+        self._half = list(self.weights)
+
     def _cast(self, t: torch.Tensor) -> torch.Tensor:
         return t if t.dtype == self.matmul else t.to(self.matmul)
 

@@ -11,6 +11,7 @@ from recon.reconstruct import (
     ReconConfig,
     ReconResult,
     _box,
+    _Run,
     balanced_labels,
     first_layer_basis,
     kkt_loss_terms,
@@ -394,6 +395,45 @@ def test_checkpoint_resume_is_exact_in_bfloat16_with_a_basis(trained, tmp_path):
     assert "z" in torch.load(path, weights_only=True)
     resumed = reconstruct(model, _cfg(steps=20, **cfg), checkpoint=path, progress=False)
     assert torch.equal(resumed.x, straight.x) and torch.equal(resumed.lam, straight.lam)
+
+
+def test_finish_full_takes_the_last_steps_in_full_precision(trained, tmp_path, monkeypatch):
+    """``finish_full``: bfloat16 products until the switch, the working precision after it."""
+    model, _, _ = trained
+    cfg = dict(dtype="float32", optimizer="adam", subspace_tol=1e-6, log_every=1, steps=20)
+    bf = reconstruct(model, _cfg(matmul="bfloat16", **cfg), progress=False)
+    full = reconstruct(model, _cfg(matmul="full", **cfg), progress=False)
+    assert torch.equal(reconstruct(model, _cfg(matmul="bfloat16", finish_full=1.0, **cfg),
+                                   progress=False).x, full.x)
+    assert torch.equal(reconstruct(model, _cfg(matmul="bfloat16", finish_full=0.0, **cfg),
+                                   progress=False).x, bf.x)
+    mixed = reconstruct(model, _cfg(matmul="bfloat16", finish_full=0.25, **cfg), progress=False)
+    # steps 0-14 are the bfloat16 run's; step 15 starts from the same point but multiplies in
+    # float32, so its loss (of that same point) differs from the bfloat16 run's
+    assert mixed.history["loss"][:15] == bf.history["loss"][:15]
+    assert mixed.history["loss"][15] != bf.history["loss"][15]
+    assert not torch.equal(mixed.x, bf.x) and not torch.equal(mixed.x, full.x)
+    # interrupted after the switch, the run resumes in full precision, bit for bit
+    path = tmp_path / "recon.pt"
+    real_step, calls = _Run.step, []
+
+    def stop_at_17(self):
+        if len(calls) == 17:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return real_step(self)
+
+    monkeypatch.setattr(_Run, "step", stop_at_17)
+    with pytest.raises(KeyboardInterrupt):
+        reconstruct(model, _cfg(matmul="bfloat16", finish_full=0.25, **cfg), checkpoint=path,
+                    checkpoint_every=1, progress=False)
+    monkeypatch.setattr(_Run, "step", real_step)
+    assert load_reconstruction(path)[0].step == 17
+    resumed = reconstruct(model, _cfg(matmul="bfloat16", finish_full=0.25, **cfg),
+                          checkpoint=path, progress=False)
+    assert torch.equal(resumed.x, mixed.x) and torch.equal(resumed.lam, mixed.lam)
+    with pytest.raises(ValueError, match="finish_full is a share of the steps"):
+        ReconConfig(finish_full=1.5)
 
 
 def test_checkpoint_resume_refuses_other_config_or_weights(trained, tmp_path):
