@@ -1141,34 +1141,52 @@ display(Markdown(markdown_table(share_rows, {"Spearman rho(margin, NCC)": ".2f",
 # above 1 means the library is faster.
 
 # %% tags=["hide-input"]
-speed = json.loads((RESULTS / "benchmarks" / "reconstruct_speed.json").read_text())
+# one file per CPU kind, each from one clean revision (its rows name the CPU and the revision)
+speed_files = [RESULTS / "benchmarks" / "reconstruct_speed.json",
+               *sorted((RESULTS / "benchmarks").glob("reconstruct_speed-*.json"))]
+speed_runs = [json.loads(f.read_text()) for f in speed_files]
+
+
+def cpu_label(cpu):
+    return (cpu["model"] + (", AMX" if cpu["amx_bf16"] else "")
+            + (", AVX-512 BF16" if cpu["avx512_bf16"] else ""))
+
+
 rows = []
-for r in speed:
-    recon = r["stage"] == "reconstruct"
-    unit = "s/step" if recon else "epochs/s"
-    ours = r["ours_s_per_step"] if recon else r["ours_epochs_per_s"]
-    f64 = r["reference_f64_s_per_step"] if recon else r["reference_f64_epochs_per_s"]
-    f32 = r["reference_f32_s_per_step"] if recon else r["reference_f32_epochs_per_s"]
-    cpu = r["cpu"]
-    rows.append({"stage": f"{r['stage']} ({unit})", "task": r["task"], "case": r["case"],
-                 "precision": r["precision"], "rank of W1": r["rank"] or "–",
-                 "recon": ours, "paper's way, float64": f64, "paper's way, float32": f32,
-                 "ratio vs float64": r["ratio_f64"], "ratio vs float32": r["ratio_f32"],
-                 "CPU": cpu["model"] + (", AMX" if cpu["amx_bf16"] else "")
-                 + (", AVX-512 BF16" if cpu["avx512_bf16"] else "")})
+for speed in speed_runs:
+    for r in speed:
+        recon = r["stage"] == "reconstruct"
+        unit = "s/step" if recon else "epochs/s"
+        ours = r["ours_s_per_step"] if recon else r["ours_epochs_per_s"]
+        f64 = r["reference_f64_s_per_step"] if recon else r["reference_f64_epochs_per_s"]
+        f32 = r["reference_f32_s_per_step"] if recon else r["reference_f32_epochs_per_s"]
+        rows.append({"CPU": cpu_label(r["cpu"]), "stage": f"{r['stage']} ({unit})",
+                     "task": r["task"], "case": r["case"], "precision": r["precision"],
+                     "rank of W1": r["rank"] or "–", "recon": ours,
+                     "paper's way, float64": f64, "paper's way, float32": f32,
+                     "ratio vs float64": r["ratio_f64"], "ratio vs float32": r["ratio_f32"]})
 display(Markdown(markdown_table(rows, {"recon": ".3g", "paper's way, float64": ".3g",
                                  "paper's way, float32": ".3g", "ratio vs float64": ".1f",
                                  "ratio vs float32": ".1f"})))
-p0 = speed[0]["provenance"]
-print(f"measured on: {p0['device']}, {speed[0]['threads']} threads, torch {p0['torch']}, "
-      f"git {p0['git_revision'][:12]}, {p0['date']}")
-case = {(r["task"], r["stage"], r["case"]): r for r in speed}
-bench_task = "cifar10" if any(r["task"] == "cifar10" for r in speed) else speed[0]["task"]
+for speed in speed_runs:
+    p0 = speed[0]["provenance"]
+    print(f"{cpu_label(speed[0]['cpu'])}: {p0['device']}, {speed[0]['threads']} threads, "
+          f"torch {p0['torch']}, git {p0['git_revision'][:12]}, {p0['date']}")
+
+
+def speed_cases(speed):
+    case = {(r["task"], r["stage"], r["case"]): r for r in speed}
+    task = "cifar10" if any(r["task"] == "cifar10" for r in speed) else speed[0]["task"]
+    return task, case
+
+
+speed = speed_runs[0]
+bench_task, case = speed_cases(speed)
 default = case[bench_task, "reconstruct", "default (row space, cut-off 3e-5)"]
 pixels = case[bench_task, "reconstruct", "no row space, full precision"]
 glue("speed_task", {"cifar10": "CIFAR-10", "mnist": "MNIST"}[bench_task], display=False)
 glue("speed_threads", speed[0]["threads"], display=False)
-glue("speed_cpu", rows[0]["CPU"], display=False)
+glue("speed_cpu", cpu_label(speed[0]["cpu"]), display=False)
 glue("speed_default_precision", default["precision"], display=False)
 glue("speed_default_ours", default["ours_s_per_step"], display=False)
 glue("speed_default_f64", default["ratio_f64"], display=False)
@@ -1176,6 +1194,23 @@ glue("speed_default_f32", default["ratio_f32"], display=False)
 glue("speed_pixels_full_f32", pixels["ratio_f32"], display=False)
 glue("speed_default_rank", default["rank"], display=False)
 glue("speed_3000_min", 3000 * default["ours_s_per_step"] / 60, display=False)
+# the same benchmark on a CPU that multiplies bfloat16 natively (AMX), where auto is bfloat16
+amx = json.loads((RESULTS / "benchmarks" / "reconstruct_speed-amx.json").read_text())
+amx_task, amx_case = speed_cases(amx)
+amx_default = amx_case[amx_task, "reconstruct", "default (row space, cut-off 3e-5)"]
+amx_full = amx_case[amx_task, "reconstruct", "full profile's cut-off (1e-2)"]
+amx_pixels = amx_case[amx_task, "reconstruct", "no row space, full precision"]
+glue("speed_amx_cpu", cpu_label(amx[0]["cpu"]), display=False)
+glue("speed_amx_threads", amx[0]["threads"], display=False)
+glue("speed_amx_task", {"cifar10": "CIFAR-10", "mnist": "MNIST"}[amx_task], display=False)
+glue("speed_amx_precision", amx_default["precision"], display=False)
+glue("speed_amx_ours", amx_default["ours_s_per_step"], display=False)
+glue("speed_amx_f64", amx_default["ratio_f64"], display=False)
+glue("speed_amx_f32", amx_default["ratio_f32"], display=False)
+glue("speed_amx_vs_full", amx_pixels["ours_s_per_step"] / amx_case[
+    amx_task, "reconstruct", "no row space: the paper's problem"]["ours_s_per_step"],
+    display=False)
+glue("speed_amx_3000_min", 3000 * amx_full["ours_s_per_step"] / 60, display=False)
 
 # %% [markdown]
 # **What to notice.** On this CPU ({glue:text}`speed_cpu`, {glue:text}`speed_threads`
@@ -1187,8 +1222,17 @@ glue("speed_3000_min", 3000 * default["ours_s_per_step"] / 60, display=False)
 # run at n = 500 takes {glue:text}`speed_3000_min:.0f` minutes. The row "no row space,
 # full precision" solves the same problem as the paper's code, in the same precision as the
 # float32 reference: only the hand-written gradient differs, and it is
-# {glue:text}`speed_pixels_full_f32:.1f` times the reference's speed. Three changes add up to
-# the default's gain:
+# {glue:text}`speed_pixels_full_f32:.1f` times the reference's speed.
+#
+# On {glue:text}`speed_amx_cpu` ({glue:text}`speed_amx_threads` thread(s)), which multiplies
+# bfloat16 in hardware, `auto` runs the products in {glue:text}`speed_amx_precision`: the
+# default step on the {glue:text}`speed_amx_task` model takes
+# {glue:text}`speed_amx_ours:.3f` s, {glue:text}`speed_amx_f64:.1f` times faster than the
+# paper's way in float64 and {glue:text}`speed_amx_f32:.1f` times faster than it in float32.
+# Without the row space, bfloat16 products alone make the step
+# {glue:text}`speed_amx_vs_full:.1f` times faster than full precision, and a 3,000-step run
+# of the full profile takes {glue:text}`speed_amx_3000_min:.0f` minutes there. Three changes
+# add up to the default's gain:
 #
 # 1. **Row-space coordinates.** Each candidate is held as its coordinates $z$ in an orthonormal
 #    basis $B$ of the first layer's row space ($x = Bz$, Chapter 3). The first layer then sees
@@ -1209,22 +1253,24 @@ glue("speed_3000_min", 3000 * default["ours_s_per_step"] / 60, display=False)
 #    elsewhere, and the table's "precision" column says which one ran.
 #
 # Faster is only useful if nothing is lost. `benchmarks/ablation.py precision` reruns the
-# default reconstruction on quick-profile models with the products in float32 and in
-# bfloat16, from the same seeds, and also the positive control (started at the true training
-# images with their KKT multipliers). The models come from three training seeds (MNIST) and
-# were themselves trained with float32 or bfloat16 products. One caveat about this table: it
-# was made before results recorded the CPU they ran on, from a tree with uncommitted changes,
-# and has not been remade since; it needs a CPU with bfloat16 units (on one without, such as
-# the AMD EPYC that made this chapter's newer files, `matmul="auto"` is full precision and
-# bfloat16 products are only emulated). Treat it as one machine's observation on quick-size
-# models, not as a rule: the same comparison on other data may come out otherwise.
+# default reconstruction on quick-profile models three ways from the same seeds: products in
+# float32, in bfloat16, and in bfloat16 for the first three quarters of the steps with the
+# last quarter in float32 (`ReconConfig(finish_full=0.25)`: the candidates move in bfloat16
+# and settle in full precision). It also runs the positive control in each precision
+# (started at the true training images with their KKT multipliers). The MNIST models come
+# from three training seeds, and every model was trained twice, with float32 and with
+# bfloat16 products. The table was made on {glue:text}`prec_cpu`, a CPU that multiplies
+# bfloat16 natively; on one without such units `matmul="auto"` is full precision and
+# bfloat16 products are only emulated, so the comparison only means something where they
+# are native.
 
 # %% tags=["hide-input"]
 prec = json.loads((RESULTS / "ablation" / "precision.json").read_text())
 groups = {}
 for e in prec["entries"]:
     groups.setdefault((e["task"], e["n"], e["train_matmul"], e["variant"]), []).append(e)
-order = {"full": 0, "bfloat16": 1, "control full": 2, "control bfloat16": 3}
+order = {"full": 0, "bfloat16": 1, "bfloat16, full to finish": 2, "control full": 3,
+         "control bfloat16": 4, "control bfloat16, full to finish": 5}
 prec_rows = []
 for (task_name, n, tm, variant), es in sorted(groups.items(), key=lambda kv: (
         kv[0][0], -kv[0][1], kv[0][2] != "full", order[kv[0][3]])):
@@ -1234,35 +1280,75 @@ for (task_name, n, tm, variant), es in sorted(groups.items(), key=lambda kv: (
                       "NCC>0.9 (1-1), mean": float(np.mean(counts)),
                       "min-max": f"{min(counts)}-{max(counts)}",
                       "unexplained (float64)": float(np.mean([e["stat_rel_f64"] for e in es]))})
-    glue(f"prec_{task_name}_{tm}_{variant.replace(' ', '_')}", float(np.mean(counts)),
-         display=False)
+    key = variant.replace(", full to finish", " finish").replace(" ", "_")
+    glue(f"prec_{task_name}_{tm}_{key}", float(np.mean(counts)), display=False)
 display(Markdown(markdown_table(prec_rows, {"NCC>0.9 (1-1), mean": ".1f",
                                       "unexplained (float64)": ".2%"})))
 ranks = {tm: sorted({e["rank"] for e in prec["entries"] if e["task"] == "mnist"
                      and e["train_matmul"] == tm}) for tm in ("full", "bfloat16")}
 glue("prec_rank_full", ", ".join(map(str, ranks["full"])), display=False)
 glue("prec_rank_bf16", ", ".join(map(str, ranks["bfloat16"])), display=False)
+prec_cpu = prec["provenance"]["cpu"]
+glue("prec_cpu", prec_cpu["model"] + (" with AMX" if prec_cpu["amx_bf16"] else "")
+     + (" and AVX-512 BF16" if prec_cpu["avx512_bf16"] else ""), display=False)
 print("runs: reconstruction seeds 0-2 on each trained model (MNIST: training seeds 0-2); "
       "control: one run from the true images; 'unexplained' recomputed in float64 at the end")
 
 # %% [markdown]
+# The quick tasks are small: their products are too small for bfloat16 to pay, and their
+# answers are easy to find. At the paper's size the products are large, and the earlier
+# sections found the truth's basin narrow, where rounding could matter most. So the full
+# profile (3,000 steps, cut-off 1e-2, m = 2n) ran on the two n = 500 *shadow* models, one
+# seed, in the three precisions:
+
+# %% tags=["hide-input"]
+prec500_rows = []
+for task_name in ("mnist", "cifar10"):
+    doc = json.loads((RESULTS / "ablation" / f"{task_name}-n500-shadow-precision.json")
+                     .read_text())
+    for e in doc["entries"]:
+        c = e["counts"]
+        prec500_rows.append({
+            "shadow": task_name, "products": e["variant"],
+            "NCC>0.9 (1-1)": c["one_to_one"]["ncc>0.9"],
+            "NCC>0.8 (1-1)": c["one_to_one"]["ncc>0.8"],
+            "test control, NCC>0.9 / 0.8": f"{c['test_control']['ncc>0.9']} / "
+                                           f"{c['test_control']['ncc>0.8']}",
+            "unexplained (float64)": e["stat_rel_f64"]})
+        key = e["variant"].replace(", full to finish", " finish").replace(" ", "_")
+        glue(f"prec500_{task_name}_{key}", c["one_to_one"]["ncc>0.9"], display=False)
+        glue(f"prec500_{task_name}_{key}_08", c["one_to_one"]["ncc>0.8"], display=False)
+display(Markdown(markdown_table(prec500_rows, {"unexplained (float64)": ".2%"})))
+
+# %% [markdown]
 # **What to notice.** bfloat16 products in the *reconstruction* lost nothing on these models:
 # on MNIST models trained in float32 the mean count above NCC 0.9 is
-# {glue:text}`prec_mnist_full_bfloat16:.1f` of 50 with them and
-# {glue:text}`prec_mnist_full_full:.1f` without, on CIFAR-10
-# {glue:text}`prec_cifar10_full_bfloat16:.1f` against {glue:text}`prec_cifar10_full_full:.1f`
-# of 20, and the stationarity residual, recomputed in float64, ends where the float32 run's
-# does. The positive control, one run each, keeps about one image fewer
-# ({glue:text}`prec_mnist_full_control_bfloat16:.1f` against
-# {glue:text}`prec_mnist_full_control_full:.1f` of 50 MNIST digits,
-# {glue:text}`prec_cifar10_full_control_bfloat16:.0f` against
-# {glue:text}`prec_cifar10_full_control_full:.0f` of 20 CIFAR-10 images): started at the
-# answer, the rounding is a small push away from it, while from a random start it does not
-# change what is found. So `matmul="auto"` is the reconstruction's default.
+# {glue:text}`prec_mnist_full_bfloat16:.1f` of 50 with them,
+# {glue:text}`prec_mnist_full_bfloat16_finish:.1f` with the last quarter in float32 and
+# {glue:text}`prec_mnist_full_full:.1f` in float32 throughout; on CIFAR-10
+# {glue:text}`prec_cifar10_full_bfloat16:.1f`, {glue:text}`prec_cifar10_full_bfloat16_finish:.1f`
+# and {glue:text}`prec_cifar10_full_full:.1f` of 20. The stationarity residual, recomputed
+# in float64, ends where the float32 run's does, and the positive control keeps as many
+# images in each precision ({glue:text}`prec_mnist_full_control_bfloat16:.1f`,
+# {glue:text}`prec_mnist_full_control_bfloat16_finish:.1f` and
+# {glue:text}`prec_mnist_full_control_full:.1f` of 50 MNIST digits). The same holds at
+# n = 500 on the shadows, the size where rounding had the most room to hurt: on the MNIST
+# shadow {glue:text}`prec500_mnist_bfloat16` training images come back above NCC 0.9 with
+# bfloat16 products, {glue:text}`prec500_mnist_bfloat16_finish` with the last quarter in
+# float32 and {glue:text}`prec500_mnist_full` in float32 (one seed each, within the spread
+# of seeds seen earlier in this chapter), none of the test images; the CIFAR-10 shadow gives
+# no photograph above 0.9 in any precision. Finishing in full precision buys nothing
+# measurable on either size, so `matmul="auto"` stays the reconstruction's default and
+# `finish_full` stays off (0); it is there for models where the last digits matter more.
+# On a CPU with AMX a bfloat16 step at n = 500 is several times faster (the speed table above),
+# which decides what fits in an hour.
 #
 # *Training* with bfloat16 products (faster on the CPUs that have them) gives models from
 # which slightly fewer images come back: {glue:text}`prec_mnist_bfloat16_full:.1f` against
-# {glue:text}`prec_mnist_full_full:.1f` of 50 on MNIST over three training seeds. A likely
+# {glue:text}`prec_mnist_full_full:.1f` of 50 on MNIST over three training seeds (on
+# CIFAR-10, one training seed, it went the other way:
+# {glue:text}`prec_cifar10_bfloat16_full:.1f` against {glue:text}`prec_cifar10_full_full:.1f`
+# of 20, so the effect is small against the spread between models). A likely
 # reason: rounding noise in the products reaches $W_1$ in directions no training image spans,
 # and the row space kept by the constraint grows by it (the rank kept on the MNIST models is
 # {glue:text}`prec_rank_full` after float32 training and {glue:text}`prec_rank_bf16` after
@@ -1313,12 +1399,22 @@ print("runs: reconstruction seeds 0-2 on each trained model (MNIST: training see
 #     --out results/training_routes/mnist-n50
 # # the speed benchmark needs trained n = 500 models (commands in its --help)
 # python benchmarks/reconstruct_speed.py runs/cifar10-n500 runs/mnist-n500
+# python benchmarks/reconstruct_speed.py runs/cifar10-n500 runs/mnist-n500 \
+#     --out results/benchmarks/reconstruct_speed-amx.json      # on a CPU with AMX
 # # the precision ablation: models trained with --matmul full / bfloat16 and --seed 0, 1, 2
 # python -m recon train --task mnist --n-per-class 25 --epochs 3000 --lr 0.1 \
 #     --weight-decay 0.02 --dtype float32 --matmul bfloat16 --seed 1 \
 #     --run runs/mnist-n50-bfloat16-s1           # and so on for each model
-# python benchmarks/ablation.py precision runs/mnist-n50-* runs/cifar10-n20-* \
-#     --seeds 0 1 2 --steps 2000 --control
+# python benchmarks/ablation.py precision runs/mnist-n50-full-s0 runs/mnist-n50-bfloat16-s0 \
+#     runs/mnist-n50-full-s1 runs/mnist-n50-bfloat16-s1 runs/mnist-n50-full-s2 \
+#     runs/mnist-n50-bfloat16-s2 runs/cifar10-n20-full runs/cifar10-n20-bfloat16 \
+#     --seeds 0 1 2 --control --threads 1 --out results/ablation/precision.json
+# # the full profile in three precisions on the n = 500 shadows (cifar10 likewise)
+# python benchmarks/ablation.py custom runs/mnist-n500-shadow --seeds 0 --steps 3000 \
+#     --threads 1 --variant "bfloat16:subspace_tol=0.01,matmul=bfloat16" \
+#     --variant "bfloat16, full to finish:subspace_tol=0.01,matmul=bfloat16,finish_full=0.25" \
+#     --variant "full:subspace_tol=0.01,matmul=full" \
+#     --out results/ablation/mnist-n500-shadow-precision.json
 # python benchmarks/chapter_times.py --profile quick   # the chapters' runtime lines
 # python benchmarks/chapter_times.py --profile full
 # ```
@@ -1352,13 +1448,16 @@ for path in sorted(RESULTS.rglob("*.json")):
             else "not recorded",
             "date": (p0.get("date") or "")[:10]})
 display(Markdown(markdown_table(record_rows)))
-glue("records_unremade", sum(r["command"] == "not recorded" or "uncommitted" in r["revision"]
-                             for r in record_rows), display=False)
+unremade = sum(r["command"] == "not recorded" or "uncommitted" in r["revision"]
+               for r in record_rows)
+glue("records_unremade", "Every one of them was made by the command it records, from a clean "
+     "checkout." if unremade == 0 else
+     f"{unremade} of them were made before results recorded their command, or from a tree "
+     "with uncommitted changes; each awaits a rerun of its command (in the block above) from "
+     "a clean checkout.", display=False)
 
 # %% [markdown]
-# {glue:text}`records_unremade` of these were made before results recorded their command, or
-# from a tree with uncommitted changes; they are kept because the chapter reads them, and each
-# awaits a rerun of its command (in the block above) from a clean checkout.
+# {glue:text}`records_unremade`
 #
 # How long each chapter of this book takes to execute on the same two cores, run in order
 # from an empty results cache and again once cached (`benchmarks/chapter_times.py`):
@@ -1539,8 +1638,9 @@ assert abs(padded - quick_net["kkt"]["unexplained"]) < 1e-3 * quick_net["kkt"]["
 #   basin, not the equation.
 # - A reconstruction step runs several times faster than the paper's code on the same
 #   machine (row-space coordinates, a hand-written gradient, and bfloat16 products where the
-#   CPU has them); on the quick tasks the bfloat16 products lost no recoveries from random
-#   starts, which is a measurement of those tasks, not a guarantee for others.
+#   CPU has them); on a CPU with AMX the bfloat16 products lost no recoveries from random
+#   starts, on the quick tasks and on the n = 500 shadows, which is a measurement of those
+#   models, not a guarantee for others.
 #
 # ## References
 #
