@@ -1148,30 +1148,30 @@ speed_runs = [json.loads(f.read_text()) for f in speed_files]
 
 
 def cpu_label(cpu):
-    return (cpu["model"] + (", AMX" if cpu["amx_bf16"] else "")
-            + (", AVX-512 BF16" if cpu["avx512_bf16"] else ""))
+    """The CPU a result ran on: its model name and its bfloat16 units."""
+    return (cpu["model"] + (", AMX" if cpu.get("amx_bf16") else "")
+            + (", AVX-512 BF16" if cpu.get("avx512_bf16") else ""))
 
 
-rows = []
-for speed in speed_runs:
+for speed in speed_runs:  # one table per CPU: its rows, then where and when they ran
+    rows = []
     for r in speed:
         recon = r["stage"] == "reconstruct"
         unit = "s/step" if recon else "epochs/s"
         ours = r["ours_s_per_step"] if recon else r["ours_epochs_per_s"]
         f64 = r["reference_f64_s_per_step"] if recon else r["reference_f64_epochs_per_s"]
         f32 = r["reference_f32_s_per_step"] if recon else r["reference_f32_epochs_per_s"]
-        rows.append({"CPU": cpu_label(r["cpu"]), "stage": f"{r['stage']} ({unit})",
-                     "task": r["task"], "case": r["case"], "precision": r["precision"],
-                     "rank of W1": r["rank"] or "–", "recon": ours,
-                     "paper's way, float64": f64, "paper's way, float32": f32,
-                     "ratio vs float64": r["ratio_f64"], "ratio vs float32": r["ratio_f32"]})
-display(Markdown(markdown_table(rows, {"recon": ".3g", "paper's way, float64": ".3g",
-                                 "paper's way, float32": ".3g", "ratio vs float64": ".1f",
-                                 "ratio vs float32": ".1f"})))
-for speed in speed_runs:
+        rows.append({"stage": f"{r['stage']} ({unit})", "task": r["task"], "case": r["case"],
+                     "precision": r["precision"], "rank of W1": r["rank"] or "–",
+                     "recon": ours, "ratio vs float64": r["ratio_f64"],
+                     "ratio vs float32": r["ratio_f32"], "paper's way, float64": f64,
+                     "paper's way, float32": f32})
     p0 = speed[0]["provenance"]
-    print(f"{cpu_label(speed[0]['cpu'])}: {p0['device']}, {speed[0]['threads']} threads, "
-          f"torch {p0['torch']}, git {p0['git_revision'][:12]}, {p0['date']}")
+    display(Markdown(f"**{cpu_label(speed[0]['cpu'])}**, {speed[0]['threads']} thread(s), "
+                     f"torch {p0['torch']}, git `{p0['git_revision'][:8]}`, {p0['date'][:10]}"))
+    display(Markdown(markdown_table(rows, {"recon": ".3g", "paper's way, float64": ".3g",
+                                     "paper's way, float32": ".3g", "ratio vs float64": ".1f",
+                                     "ratio vs float32": ".1f"})))
 
 
 def speed_cases(speed):
@@ -1195,7 +1195,7 @@ glue("speed_pixels_full_f32", pixels["ratio_f32"], display=False)
 glue("speed_default_rank", default["rank"], display=False)
 glue("speed_3000_min", 3000 * default["ours_s_per_step"] / 60, display=False)
 # the same benchmark on a CPU that multiplies bfloat16 natively (AMX), where auto is bfloat16
-amx = json.loads((RESULTS / "benchmarks" / "reconstruct_speed-amx.json").read_text())
+amx = next(sp for sp in speed_runs if sp[0]["cpu"]["amx_bf16"])
 amx_task, amx_case = speed_cases(amx)
 amx_default = amx_case[amx_task, "reconstruct", "default (row space, cut-off 3e-5)"]
 amx_full = amx_case[amx_task, "reconstruct", "full profile's cut-off (1e-2)"]
@@ -1259,8 +1259,8 @@ glue("speed_amx_3000_min", 3000 * amx_full["ours_s_per_step"] / 60, display=Fals
 # and settle in full precision). It also runs the positive control in each precision
 # (started at the true training images with their KKT multipliers). The MNIST models come
 # from three training seeds, and every model was trained twice, with float32 and with
-# bfloat16 products. The table was made on {glue:text}`prec_cpu`, a CPU that multiplies
-# bfloat16 natively; on one without such units `matmul="auto"` is full precision and
+# bfloat16 products. The table was made on a CPU that multiplies bfloat16 natively
+# ({glue:text}`prec_cpu`); on one without such units `matmul="auto"` is full precision and
 # bfloat16 products are only emulated, so the comparison only means something where they
 # are native.
 
@@ -1269,6 +1269,11 @@ prec = json.loads((RESULTS / "ablation" / "precision.json").read_text())
 groups = {}
 for e in prec["entries"]:
     groups.setdefault((e["task"], e["n"], e["train_matmul"], e["variant"]), []).append(e)
+def variant_key(variant):
+    """A variant's name as part of a glue key: "bfloat16, full to finish" -> bfloat16_finish."""
+    return variant.replace(", full to finish", " finish").replace(" ", "_")
+
+
 order = {"full": 0, "bfloat16": 1, "bfloat16, full to finish": 2, "control full": 3,
          "control bfloat16": 4, "control bfloat16, full to finish": 5}
 prec_rows = []
@@ -1280,17 +1285,15 @@ for (task_name, n, tm, variant), es in sorted(groups.items(), key=lambda kv: (
                       "NCC>0.9 (1-1), mean": float(np.mean(counts)),
                       "min-max": f"{min(counts)}-{max(counts)}",
                       "unexplained (float64)": float(np.mean([e["stat_rel_f64"] for e in es]))})
-    key = variant.replace(", full to finish", " finish").replace(" ", "_")
-    glue(f"prec_{task_name}_{tm}_{key}", float(np.mean(counts)), display=False)
+    glue(f"prec_{task_name}_{tm}_{variant_key(variant)}", float(np.mean(counts)),
+         display=False)
 display(Markdown(markdown_table(prec_rows, {"NCC>0.9 (1-1), mean": ".1f",
                                       "unexplained (float64)": ".2%"})))
 ranks = {tm: sorted({e["rank"] for e in prec["entries"] if e["task"] == "mnist"
                      and e["train_matmul"] == tm}) for tm in ("full", "bfloat16")}
 glue("prec_rank_full", ", ".join(map(str, ranks["full"])), display=False)
 glue("prec_rank_bf16", ", ".join(map(str, ranks["bfloat16"])), display=False)
-prec_cpu = prec["provenance"]["cpu"]
-glue("prec_cpu", prec_cpu["model"] + (" with AMX" if prec_cpu["amx_bf16"] else "")
-     + (" and AVX-512 BF16" if prec_cpu["avx512_bf16"] else ""), display=False)
+glue("prec_cpu", cpu_label(prec["provenance"]["cpu"]), display=False)
 print("runs: reconstruction seeds 0-2 on each trained model (MNIST: training seeds 0-2); "
       "control: one run from the true images; 'unexplained' recomputed in float64 at the end")
 
@@ -1319,9 +1322,8 @@ for task_name, files in (("mnist", ["mnist-n500-shadow-precision.json"]),
             "test control, NCC>0.9 / 0.8": f"{c['test_control']['ncc>0.9']} / "
                                            f"{c['test_control']['ncc>0.8']}",
             "unexplained (float64)": e["stat_rel_f64"]})
-        key = e["variant"].replace(", full to finish", " finish").replace(" ", "_")
-        glue(f"prec500_{task_name.replace(' ', '_')}_{key}", c["one_to_one"]["ncc>0.9"],
-             display=False)
+        glue(f"prec500_{task_name.replace(' ', '_')}_{variant_key(e['variant'])}",
+             c["one_to_one"]["ncc>0.9"], display=False)
 display(Markdown(markdown_table(prec500_rows, {"unexplained (float64)": ".2%"})))
 
 # %% [markdown]
@@ -1451,9 +1453,7 @@ for path in sorted(RESULTS.rglob("*.json")):
             "command": f"`{_cell(command)}`" if command else "not recorded",
             "revision": (rev[:8] + (", with uncommitted changes" if rev.endswith("-dirty")
                                     else "")) or "not recorded",
-            "CPU": (f"{cpu['model']}" + (", AMX" if cpu.get("amx_bf16") else "")
-                    + (", AVX-512 BF16" if cpu.get("avx512_bf16") else "")) if cpu
-            else "not recorded",
+            "CPU": cpu_label(cpu) if cpu else "not recorded",
             "date": (p0.get("date") or "")[:10]})
 display(Markdown(markdown_table(record_rows)))
 unremade = sum(r["command"] == "not recorded" or "uncommitted" in r["revision"]
