@@ -8,7 +8,9 @@ conditions of margin maximisation. The loss, term by term (Haim et al., 2022, Se
     L_lam   = 5 sum_j relu(lambda_min - lambda_j)^2
     L_prior = sum relu(x - hi)^2 + relu(lo - x)^2
     L_tv    = tv ||theta||^2 mean_j TV(x_j)        (optional image prior, off by default)
-    L       = L_stat + L_lam + L_prior + L_tv
+    L_tone  = two_tone ||theta||^2 mean p (1 - p)  (optional two-tone prior, off by default;
+                                                    p = x + mean, each pixel's value)
+    L       = L_stat + L_lam + L_prior + L_tv + L_tone
 
 ``L_stat`` contains a gradient, so minimising it over ``x`` needs the gradient of a gradient.
 The ReLU's derivative is a step whose own derivative is zero, so the network is evaluated with
@@ -31,6 +33,11 @@ layer's weights (:func:`first_layer_basis`): gradient descent only ever adds out
 ``g x_i^T`` to ``W1``, so with a small or decayed initialisation the training images lie in
 that space, whose dimension is about the number of training images that carry weight; ``tv``
 (off by default) adds a total-variation penalty against pixel noise.
+
+A third, ``two_tone`` (off by default), is for data whose pixels are mostly ink or paper
+(handwritten digits): ``p (1 - p)`` is zero at both tones and concave, so by Jensen's
+inequality a blend of two such images always costs more than the images it blends. A convex
+prior (a Gaussian, total variation) can never do that: it prefers blends.
 """
 
 from __future__ import annotations
@@ -74,7 +81,7 @@ RECON_FORMAT = "recon-reconstruction/1"
 # with (public: the sweep uses it to join studies started before a field existed)
 ADDED_FIELDS = {"tv": 0.0, "subspace_tol": 0.0, "matmul": "full", "all_classes": False,
                 "free_gates": 0.0, "lr_gate": 0.01, "free_gates_shape": "band",
-                "finish_full": 0.0}
+                "finish_full": 0.0, "two_tone": 0.0}
 # a run whose stationarity residual ends above this many times ||theta||^2 exploded (a random
 # start is at about 1; working runs end near 0.01)
 EXPLODED_STAT_REL = 10.0
@@ -111,6 +118,9 @@ class ReconConfig:
     seed: int = 0
     log_every: int = 50
     tv: float = 0.0  # weight of the total-variation prior, relative to ||theta||^2 (0: off)
+    # weight of the two-tone prior mean p (1 - p) over pixel values p = x + mean, relative to
+    # ||theta||^2 (0: off); for two-tone data (digits), where it penalises blends
+    two_tone: float = 0.0
     # > 0: keep candidates in the row space of the first layer's weights (the directions
     # with singular value above subspace_tol times the largest); 0: off (the paper)
     subspace_tol: float = 3e-5
@@ -150,6 +160,8 @@ class ReconConfig:
             raise ValueError(f"subspace_tol must be in [0, 1), got {self.subspace_tol!r}")
         if not (self.tv >= 0 and self.tv < float("inf")):
             raise ValueError(f"tv must be a finite number >= 0, got {self.tv!r}")
+        if not (self.two_tone >= 0 and self.two_tone < float("inf")):
+            raise ValueError(f"two_tone must be a finite number >= 0, got {self.two_tone!r}")
         if not (0 <= self.free_gates < float("inf")):
             raise ValueError(f"free_gates must be a finite number >= 0, got {self.free_gates!r}")
         if self.free_gates_shape not in ("band", "smooth"):
@@ -303,23 +315,43 @@ def kkt_loss_terms(
     lo,
     hi,
     theta2: float | None = None,
+    mean: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """The loss terms and their sum: ``{"stat", "lam", "prior", "tv", "loss"}``.
+    """The loss terms and their sum: ``{"stat", "lam", "prior", "tv", "tone", "loss"}``.
 
-    ``theta2`` (``||theta||^2``, computed if not given) scales the optional TV prior so that
-    its weight ``config.tv`` does not depend on the scale of the weights.
+    ``theta2`` (``||theta||^2``, computed if not given) scales the optional TV and two-tone
+    priors so that their weights ``config.tv`` and ``config.two_tone`` do not depend on the
+    scale of the weights. ``mean``: the training mean, needed for the two-tone prior.
     """
     stat = stationarity_loss(model, x, lam, y, config.alpha)
     lam_pen = 5 * torch.relu(config.lambda_min - lam).pow(2).sum()
     prior = torch.relu(x - hi).pow(2).sum() + torch.relu(lo - x).pow(2).sum()
+    if theta2 is None and (config.tv > 0 or config.two_tone > 0):
+        theta2 = model.theta_norm2(None)
     if config.tv > 0:
-        if theta2 is None:
-            theta2 = model.theta_norm2(None)
         tv = config.tv * theta2 * total_variation(x).mean()
     else:
         tv = torch.zeros((), dtype=x.dtype, device=x.device)
-    return {"stat": stat, "lam": lam_pen, "prior": prior, "tv": tv,
-            "loss": stat + lam_pen + prior + tv}
+    if config.two_tone > 0:
+        q = (x + _tone_mean(mean, x)).clamp(0, 1)
+        tone = config.two_tone * theta2 * (q * (1 - q)).mean()
+    else:
+        tone = torch.zeros((), dtype=x.dtype, device=x.device)
+    return {"stat": stat, "lam": lam_pen, "prior": prior, "tv": tv, "tone": tone,
+            "loss": stat + lam_pen + prior + tv + tone}
+
+
+def _tone_mean(mean: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    """The training mean, ready to add to candidates like ``like`` (the two-tone prior needs
+    each pixel's value, ``x + mean``)."""
+    if mean is None:
+        raise ValueError("two_tone penalises pixel values x + mean and needs the training "
+                         "mean; pass mean=task.mean, or set two_tone=0")
+    mean = mean.to(like.device, like.dtype)
+    if mean.numel() * like.shape[0] != like.numel():
+        raise ValueError(f"mean has {mean.numel()} values but each candidate has "
+                         f"{like[0].numel()}; pass the training mean of this model's data")
+    return mean.reshape(1, *like.shape[1:])
 
 
 def _optimizers(config: ReconConfig, x: torch.Tensor, lam: torch.Tensor):
@@ -369,7 +401,7 @@ def load_reconstruction(path: str | os.PathLike) -> tuple[ReconResult, dict]:
     """Read a reconstruction file (``weights_only=True``); returns ``(result, raw)``.
 
     Files from earlier revisions are read as the current format: config fields added since
-    take the value those runs had (:data:`ADDED_FIELDS`), and a missing TV history is zeros.
+    take the value those runs had (:data:`ADDED_FIELDS`), and a missing prior's history is zeros.
     """
     path = Path(path)
     try:
@@ -389,8 +421,9 @@ def load_reconstruction(path: str | os.PathLike) -> tuple[ReconResult, dict]:
         )
     except (KeyError, TypeError) as e:
         raise ValueError(f"{path} is an incomplete reconstruction file: {e!r}") from e
-    if "tv" not in res.history:  # written before the TV prior existed
-        res.history["tv"] = [0.0] * len(res.history.get("step", []))
+    for key in ("tv", "tone"):  # written before the TV or the two-tone prior existed
+        if key not in res.history:
+            res.history[key] = [0.0] * len(res.history.get("step", []))
     return res, raw
 
 
@@ -476,6 +509,8 @@ class _Run:
         self.lam = lam0.to(device, dtype).clone().requires_grad_(True)
         self.ydt = torch.long if net.multiclass else dtype
         self.y = y.to(device, self.ydt)
+        self.tone_mean = (_tone_mean(mean, x0.to(device, dtype)).flatten(1)
+                          if config.two_tone > 0 else None)
         lo, hi = _box(config, mean, x0)
         self.lo, self.hi = (
             v.flatten(1) if torch.is_tensor(v) else torch.tensor(v, dtype=dtype, device=device)
@@ -487,7 +522,7 @@ class _Run:
             self.gates = torch.full((m, width), 0.5, dtype=dtype, device=device)
             self.gates.requires_grad_(True)
             self.opts = (*self.opts, torch.optim.Adam([self.gates], lr=config.lr_gate))
-        keys = ("step", "loss", "stat", "stat_rel", "lam_pen", "prior", "tv")
+        keys = ("step", "loss", "stat", "stat_rel", "lam_pen", "prior", "tv", "tone")
         self.res = ReconResult(x0.cpu(), self.lam, y.cpu(), config, {k: [] for k in keys})
 
     def to_coords(self, v: torch.Tensor, exact: bool = False) -> torch.Tensor:
@@ -574,8 +609,17 @@ class _Run:
             tv = tv.detach()
         else:
             tv = torch.zeros((), dtype=self.dtype, device=self.device)
-        terms = {"loss": stat + lam_pen + prior + tv, "stat": stat, "lam_pen": lam_pen,
-                 "prior": prior, "tv": tv}
+        if config.two_tone > 0:  # w mean q (1 - q), q the pixel values clamped to [0, 1]
+            with torch.no_grad():
+                p = x + self.tone_mean
+                q = p.clamp(0, 1)
+                w = config.two_tone * self.theta2 / q.numel()
+                tone = w * (q * (1 - q)).sum()
+                g_pix = g_pix + w * (1 - 2 * q) * ((p > 0) & (p < 1))
+        else:
+            tone = torch.zeros((), dtype=self.dtype, device=self.device)
+        terms = {"loss": stat + lam_pen + prior + tv + tone, "stat": stat, "lam_pen": lam_pen,
+                 "prior": prior, "tv": tv, "tone": tone}
         if not torch.isfinite(terms["loss"]):
             return terms  # the caller raises; nothing is updated
         with torch.no_grad():

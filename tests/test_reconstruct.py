@@ -118,8 +118,9 @@ def test_kkt_loss_terms_known_values():
     y = balanced_labels(2, torch.float64)
     cfg = _cfg(n_candidates=2, lambda_min=0.45)
     terms = kkt_loss_terms(model, x, lam, y, cfg, -1.0, 1.0)
-    assert set(terms) == {"stat", "lam", "prior", "tv", "loss"}
+    assert set(terms) == {"stat", "lam", "prior", "tv", "tone", "loss"}
     assert terms["tv"].item() == 0.0  # the TV prior is off by default
+    assert terms["tone"].item() == 0.0  # so is the two-tone prior
     assert terms["lam"].item() == pytest.approx(5 * 0.35**2)  # only lam_0 < lambda_min
     assert terms["prior"].item() == pytest.approx(0.5**2 + 1.0**2)  # 1.5 > 1 and -2 < -1
     assert terms["stat"].item() == pytest.approx(
@@ -161,6 +162,58 @@ def test_tv_prior_term_scales_with_theta_and_reaches_the_loss():
     assert terms["loss"].item() == pytest.approx(total.item())
     with pytest.raises(ValueError, match="tv"):
         _cfg(tv=-1.0)
+
+
+def test_two_tone_prior_known_values_and_blends_cost_more():
+    torch.manual_seed(0)
+    model = MLP((4,), (3,), init_scale=1.0).double()
+    mean = torch.tensor([[0.5, 0.0, 0.2, 0.9]], dtype=torch.float64)
+    # pixel values p = x + mean: row 0 (0.5, 1, 0, 0.9) -> p(1-p) 0.25, 0, 0, 0.09;
+    # row 1 (1.2, -0.3, 0.1, 0.4): outside [0, 1] clamps to a tone -> 0, 0, 0.09, 0.24
+    p = torch.tensor([[0.5, 1.0, 0.0, 0.9], [1.2, -0.3, 0.1, 0.4]], dtype=torch.float64)
+    x, lam, y = p - mean, torch.ones(2, dtype=torch.float64), balanced_labels(2, torch.float64)
+    cfg = _cfg(n_candidates=2, two_tone=2.0)
+    terms = kkt_loss_terms(model, x, lam, y, cfg, -10.0, 10.0, theta2=3.0, mean=mean)
+    assert terms["tone"].item() == pytest.approx(2.0 * 3.0 * (0.25 + 0.09 + 0.09 + 0.24) / 8)
+    total = terms["stat"] + terms["lam"] + terms["prior"] + terms["tv"] + terms["tone"]
+    assert terms["loss"].item() == pytest.approx(total.item())
+    with pytest.raises(ValueError, match="mean"):
+        kkt_loss_terms(model, x, lam, y, cfg, -10.0, 10.0)
+    with pytest.raises(ValueError, match="two_tone"):
+        _cfg(two_tone=-1.0)
+    # two two-tone images cost nothing; any blend of them costs more than both (Jensen)
+    a = torch.tensor([[0.0, 1.0, 1.0, 0.0]], dtype=torch.float64)
+    b = torch.tensor([[1.0, 1.0, 0.0, 0.0]], dtype=torch.float64)
+    one = _cfg(n_candidates=2, two_tone=1.0)
+    cost = [kkt_loss_terms(model, v - mean, lam[:1], y[:1], one, -10.0, 10.0, 1.0,
+                           mean)["tone"].item() for v in (a, b, 0.7 * a + 0.3 * b)]
+    assert cost[0] == cost[1] == 0.0 and cost[2] == pytest.approx(0.21 / 2)
+
+
+def test_two_tone_step_follows_the_prior_gradient(trained):
+    """The optimisation loop's step adds exactly the autograd gradient of the two-tone term
+    (SGD's first step moves x by -lr times the gradient), and fails clearly without a mean."""
+    model, _, _ = trained
+    mean = torch.full((1, *SHAPE), 0.3, dtype=torch.float64)
+    x0 = 0.4 * torch.randn(8, *SHAPE, generator=torch.Generator().manual_seed(1),
+                           dtype=torch.float64)
+    moved = {}
+    for w in (0.0, 0.5):
+        cfg = _cfg(steps=1, optimizer="sgd", lr_x=0.1, two_tone=w, box="valid",
+                   subspace_tol=0.0)
+        res = reconstruct(model, cfg, mean=mean, x_init=x0, progress=False)
+        moved[w] = res.x - x0
+        assert (res.history["tone"][0] > 0) == (w > 0)
+    xt = x0.clone().requires_grad_(True)
+    theta2 = float(sum(p.detach().pow(2).sum() for p in model.theta()))
+    tone = kkt_loss_terms(model, xt, torch.ones(8, dtype=torch.float64),
+                          balanced_labels(8, torch.float64), _cfg(two_tone=0.5), -10.0, 10.0,
+                          theta2, mean)["tone"]
+    (g,) = torch.autograd.grad(tone, xt)
+    assert g.abs().max() > 0
+    torch.testing.assert_close(moved[0.5] - moved[0.0], -0.1 * g)
+    with pytest.raises(ValueError, match="mean"):
+        reconstruct(model, _cfg(steps=1, two_tone=0.5), progress=False)
 
 
 def test_tv_prior_smooths_candidates():
@@ -263,7 +316,7 @@ def test_reconstruct_runs_and_decreases_loss(trained):
     res = reconstruct(model, cfg, snapshot_steps=(0, 30, 60), progress=False)
     assert isinstance(res, ReconResult)
     h = res.history
-    assert set(h) == {"step", "loss", "stat", "stat_rel", "lam_pen", "prior", "tv"}
+    assert set(h) == {"step", "loss", "stat", "stat_rel", "lam_pen", "prior", "tv", "tone"}
     assert h["step"] == list(range(0, 60, 5)) + [59]
     assert all(len(v) == len(h["step"]) for v in h.values())
     # measured: 44.2 -> 24.9, falling at every log
