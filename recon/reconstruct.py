@@ -81,7 +81,7 @@ RECON_FORMAT = "recon-reconstruction/1"
 # with (public: the sweep uses it to join studies started before a field existed)
 ADDED_FIELDS = {"tv": 0.0, "subspace_tol": 0.0, "matmul": "full", "all_classes": False,
                 "free_gates": 0.0, "lr_gate": 0.01, "free_gates_shape": "band",
-                "finish_full": 0.0, "two_tone": 0.0}
+                "finish_full": 0.0, "two_tone": 0.0, "refine_share": 0.0, "refine_tol": 3e-3}
 # a run whose stationarity residual ends above this many times ||theta||^2 exploded (a random
 # start is at about 1; working runs end near 0.01)
 EXPLODED_STAT_REL = 10.0
@@ -133,6 +133,11 @@ class ReconConfig:
     # says: bfloat16 while the candidates move, full precision to settle them (0: every step
     # in matmul's precision)
     finish_full: float = 0.0
+    # the share of the run's last steps with the row space's cut-off at refine_tol (0: off):
+    # a wide row space and the two-tone prior need candidates that already look like images,
+    # which the narrow space of subspace_tol finds first (the Results chapter measures it)
+    refine_share: float = 0.0
+    refine_tol: float = 3e-3
     # multiclass models only: a multiplier for every (candidate, wrong class) pair, the exact
     # stationarity form of cross-entropy with weight decay; False: one per candidate, against
     # its highest wrong class (Buzaglo et al., 2023)
@@ -172,6 +177,14 @@ class ReconConfig:
         if not (0 <= self.finish_full <= 1):
             raise ValueError(f"finish_full is a share of the steps, in [0, 1]; got "
                              f"{self.finish_full!r}")
+        if not (0 <= self.refine_share <= 1):
+            raise ValueError(f"refine_share is a share of the steps, in [0, 1]; got "
+                             f"{self.refine_share!r}")
+        if self.refine_share > 0 and not (0 < self.refine_tol < self.subspace_tol):
+            raise ValueError(
+                f"refine_tol ({self.refine_tol!r}) must be in (0, subspace_tol = "
+                f"{self.subspace_tol!r}): the refinement widens the row space; set "
+                "refine_share=0 to keep one cut-off, or subspace_tol above refine_tol")
         if self.steps < 0 or self.log_every <= 0:
             raise ValueError("steps must be >= 0 and log_every > 0")
 
@@ -185,6 +198,11 @@ class ReconConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def switch_step(self, share: float) -> int:
+        """The first of the run's last ``share`` of its steps (``finish_full``,
+        ``refine_share``)."""
+        return self.steps - round(share * self.steps)
 
 
 @dataclass
@@ -484,15 +502,15 @@ class _Run:
         x0, lam0, y = _start(config, shape, dtype, x_init, lam_init, y,
                              net.n_outputs if net.multiclass else 1)
         self.basis = basis = None
+        self.refined = False
         if config.subspace_tol > 0:
             self.basis = basis = first_layer_basis(
                 net, config.subspace_tol, self.fingerprint).to(device, dtype)
         self.half = half = HALF.get(resolve_precision(config.matmul, device, dtype))
         if device.type == "cpu":
             keep_freed_memory()
-        self.stat_fn = Stationarity(net, basis, alpha=config.alpha, dtype=dtype, matmul=half,
-                                    device=device, free_band=config.free_gates,
-                                    free_shape=config.free_gates_shape)
+        self.net = net
+        self.stat_fn = self._stationarity()
         self.theta2 = self.stat_fn.theta2
         self.basis_h = None if basis is None or half is None else basis.to(half)
 
@@ -524,6 +542,24 @@ class _Run:
             self.opts = (*self.opts, torch.optim.Adam([self.gates], lr=config.lr_gate))
         keys = ("step", "loss", "stat", "stat_rel", "lam_pen", "prior", "tv", "tone")
         self.res = ReconResult(x0.cpu(), self.lam, y.cpu(), config, {k: [] for k in keys})
+
+    def _stationarity(self) -> Stationarity:
+        c = self.config
+        return Stationarity(self.net, self.basis, alpha=c.alpha, dtype=self.dtype,
+                            matmul=self.half, device=self.device, free_band=c.free_gates,
+                            free_shape=c.free_gates_shape)
+
+    def refine(self) -> None:
+        """From now on, the row space at the cut-off ``refine_tol`` (``refine_share``): the
+        candidates keep their pixels (the narrow space lies inside the wide one) and the
+        optimiser its state, which lives in pixel space."""
+        x = self.to_pixels(self.z.detach(), exact=True)
+        self.basis = first_layer_basis(self.net, self.config.refine_tol,
+                                       self.fingerprint).to(self.device, self.dtype)
+        self.basis_h = None if self.half is None else self.basis.to(self.half)
+        self.stat_fn = self._stationarity()
+        self.z = self.to_coords(x, exact=True)
+        self.refined = True
 
     def to_coords(self, v: torch.Tensor, exact: bool = False) -> torch.Tensor:
         """(m, D) pixels -> (m, k) coordinates (identity without a basis); ``exact=False``
@@ -566,6 +602,9 @@ class _Run:
                 f"{path} holds a run with another config or other weights; pass another "
                 "checkpoint path, or delete the file to start over"
             )
+        if (self.config.refine_share > 0 and not self.refined
+                and prev.step >= self.config.switch_step(self.config.refine_share)):
+            self.refine()
         with torch.no_grad():
             saved_z = raw.get("z")
             if self.basis is not None and saved_z is not None and saved_z.shape == self.z.shape:
@@ -709,11 +748,15 @@ def _loop(run: _Run, snapshot_steps, path: Path | None, checkpoint_every: int,
         res.snapshots[0] = run.current_x()
     bar = tqdm(range(res.step, config.steps), desc="reconstruct", disable=not progress,
                initial=res.step, total=config.steps)
-    # the step from which the products run in full precision (config.finish_full)
-    switch = config.steps - round(config.finish_full * config.steps)
+    # the steps from which the products run in full precision (config.finish_full) and the
+    # row space widens (config.refine_share)
+    switch = config.switch_step(config.finish_full)
+    widen = config.switch_step(config.refine_share) if config.refine_share > 0 else None
     for step in bar:
         if step >= switch and run.half is not None:
             run.full_precision()
+        if widen is not None and step >= widen and not run.refined:
+            run.refine()
         terms = run.step()
         if not torch.isfinite(terms["loss"]):
             raise ReconstructionDiverged(

@@ -489,6 +489,56 @@ def test_finish_full_takes_the_last_steps_in_full_precision(trained, tmp_path, m
         ReconConfig(finish_full=1.5)
 
 
+def test_refine_widens_the_row_space_for_the_last_steps(trained, tmp_path, monkeypatch):
+    """``refine_share``: the candidates stay in the narrow row space until the switch, then
+    move in the wide one from the same pixels with the optimiser's state kept; a run
+    interrupted after the switch resumes bit for bit."""
+    model, _, _ = trained
+    narrow, wide = first_layer_basis(model, 0.3), first_layer_basis(model, 1e-6)
+    assert narrow.shape[1] < wide.shape[1]
+
+    def off(x, basis):  # how far the candidates lie outside a basis's span
+        v = x.double().flatten(1)
+        return (v - (v @ basis) @ basis.T).norm().item()
+
+    cfg = dict(optimizer="adam", subspace_tol=0.3, log_every=1, steps=20)
+    plain = reconstruct(model, _cfg(**cfg),
+                        snapshot_steps=(15,), progress=False)
+    refined = reconstruct(model, _cfg(refine_share=0.25, refine_tol=1e-6, **cfg),
+                          snapshot_steps=(15,), progress=False)
+    # the first 15 steps are the narrow run's, to the bit; then the candidates leave its span
+    assert refined.history["loss"][:15] == plain.history["loss"][:15]
+    assert torch.equal(refined.snapshots[15], plain.snapshots[15])
+    assert off(plain.x, narrow) < 1e-10 and off(refined.x, narrow) > 1e-4
+    assert off(refined.x, wide) < 1e-10
+    # one Adam trajectory, not a restart: the first wide step is as small as a narrow one
+    jump = (refined.x - refined.snapshots[15]).norm() / 5
+    assert jump < 3 * (plain.x - plain.snapshots[15]).norm() / 5
+    path = tmp_path / "recon.pt"
+    real_step, calls = _Run.step, []
+
+    def stop_at_17(self):
+        if len(calls) == 17:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return real_step(self)
+
+    monkeypatch.setattr(_Run, "step", stop_at_17)
+    with pytest.raises(KeyboardInterrupt):
+        reconstruct(model, _cfg(refine_share=0.25, refine_tol=1e-6, **cfg), checkpoint=path,
+                    checkpoint_every=1, progress=False)
+    monkeypatch.setattr(_Run, "step", real_step)
+    resumed = reconstruct(model, _cfg(refine_share=0.25, refine_tol=1e-6, **cfg),
+                          checkpoint=path, progress=False)
+    assert torch.equal(resumed.x, refined.x) and torch.equal(resumed.lam, refined.lam)
+    with pytest.raises(ValueError, match="refine_tol"):
+        ReconConfig(subspace_tol=1e-3, refine_share=0.5, refine_tol=1e-2)
+    with pytest.raises(ValueError, match="refine_share"):
+        ReconConfig(refine_share=2.0)
+    with pytest.raises(ValueError, match="subspace_tol above refine_tol"):
+        ReconConfig(subspace_tol=0.0, refine_share=0.5)  # no row space to widen
+
+
 def test_checkpoint_resume_refuses_other_config_or_weights(trained, tmp_path):
     model, _, _ = trained
     path = tmp_path / "recon.pt"
