@@ -114,6 +114,8 @@ def cmd_reconstruct(args) -> None:
         "lr_lambda": args.lr_lambda, "init_scale": args.init_scale,
         "lambda_min": args.lambda_min, "alpha": args.alpha, "optimizer": args.optimizer,
         "box": args.box, "seed": args.seed, "dtype": args.dtype, "tv": args.tv,
+        "two_tone": args.two_tone, "refine_share": args.refine_share,
+        "refine_tol": args.refine_tol,
         "subspace_tol": args.subspace_tol, "matmul": args.matmul,
         "all_classes": args.all_classes or None}.items()
         if v is not None}
@@ -382,6 +384,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, help=preset("seed", "seed of the random start"))
     r.add_argument("--tv", type=float, help=preset(
         "tv", "weight of a total-variation image prior, relative to ||theta||^2 (0: off)"))
+    r.add_argument("--two-tone", type=float, help=preset(
+        "two_tone", "weight of the two-tone prior p(1 - p) on pixel values, relative to "
+        "||theta||^2, for ink-on-paper data such as digits (0: off)"))
+    r.add_argument("--refine-share", type=float, help=preset(
+        "refine_share", "share of the last steps run in the wider row space of "
+        "--refine-tol (0: off)"))
+    r.add_argument("--refine-tol", type=float, help=preset(
+        "refine_tol", "the row space's cut-off during the refinement (below --subspace-tol)"))
     r.add_argument("--subspace-tol", type=float, help=preset(
         "subspace_tol", "keep candidates in the first layer's row space (singular values "
         "above this times the largest; 0: off, needed for a frozen first layer)"))

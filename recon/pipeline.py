@@ -69,8 +69,11 @@ PROFILES.update({
                                  log_every=100),
             # a smaller row space: the directions whose singular value is under 1% of the
             # largest carry 0.1% of W1 and much of the candidates' noise; the cut-off is the
-            # best of a scan on a shadow model trained on other images (Results chapter)
-            "recon": ReconConfig(steps=3000, subspace_tol=1e-2, log_every=50),
+            # best of a scan on a shadow model trained on other images (Results chapter).
+            # Then, for the last two thirds of the steps, a wider row space (3e-3) with the
+            # two-tone prior, which penalises blends of digits (chosen on the same shadow)
+            "recon": ReconConfig(steps=3000, subspace_tol=1e-2, two_tone=1.0, refine_share=0.67,
+                                 refine_tol=3e-3, log_every=50),
         },
         "cifar10": {
             "n_per_class": 250,

@@ -67,6 +67,7 @@ __all__ = [
     "kkt_loss_terms",
     "stationarity_loss",
     "total_variation",
+    "two_tone_cost",
     "first_layer_basis",
     "balanced_labels",
     "reconstruct",
@@ -351,12 +352,20 @@ def kkt_loss_terms(
     else:
         tv = torch.zeros((), dtype=x.dtype, device=x.device)
     if config.two_tone > 0:
-        q = (x + _tone_mean(mean, x)).clamp(0, 1)
-        tone = config.two_tone * theta2 * (q * (1 - q)).mean()
+        tone = config.two_tone * theta2 * two_tone_cost(x + _tone_mean(mean, x)).mean()
     else:
         tone = torch.zeros((), dtype=x.dtype, device=x.device)
     return {"stat": stat, "lam": lam_pen, "prior": prior, "tv": tv, "tone": tone,
             "loss": stat + lam_pen + prior + tv + tone}
+
+
+def two_tone_cost(pixels: torch.Tensor) -> torch.Tensor:
+    """The two-tone prior of each image, ``mean p (1 - p)`` over its pixel values ``p``
+    clamped to ``[0, 1]``: ``(m,)``. Zero for an image of pure ink and paper; concave, so a
+    blend ``t a + (1 - t) b`` of two images costs at least ``t`` times ``a``'s cost plus
+    ``1 - t`` times ``b``'s, more wherever one has ink and the other paper."""
+    q = pixels.clamp(0, 1).flatten(1)
+    return (q * (1 - q)).mean(1)
 
 
 def _tone_mean(mean: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:

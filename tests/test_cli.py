@@ -29,10 +29,13 @@ def test_train_reconstruct_evaluate_writes_a_run_directory(tmp_path, data_dir, m
     other.mkdir()
     for name in ("model.pt", "run.json"):
         (other / name).write_bytes((run / name).read_bytes())
-    assert main(["reconstruct", "--steps", "5", "--matmul", "full", "--run", str(other),
+    assert main(["reconstruct", "--steps", "5", "--matmul", "full", "--two-tone", "0.5",
+                 "--refine-share", "0.4", "--refine-tol", "1e-6", "--run", str(other),
                  "--quiet"]) == 0
     card = json.loads((other / "run.json").read_text())
-    assert card["reconstruct"]["config"]["matmul"] == "full"
+    cfg = card["reconstruct"]["config"]
+    assert cfg["matmul"] == "full"
+    assert (cfg["two_tone"], cfg["refine_share"], cfg["refine_tol"]) == (0.5, 0.4, 1e-6)
     assert card["train"]["epochs_done"] == 300
     assert set(card["evaluate"]) == {"paper", "one_to_one", "baseline_first_layer"}
     assert card["provenance"]["torch"]

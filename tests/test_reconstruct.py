@@ -19,6 +19,7 @@ from recon.reconstruct import (
     reconstruct,
     stationarity_loss,
     total_variation,
+    two_tone_cost,
 )
 from recon.train import TrainConfig, train
 
@@ -175,6 +176,7 @@ def test_two_tone_prior_known_values_and_blends_cost_more():
     cfg = _cfg(n_candidates=2, two_tone=2.0)
     terms = kkt_loss_terms(model, x, lam, y, cfg, -10.0, 10.0, theta2=3.0, mean=mean)
     assert terms["tone"].item() == pytest.approx(2.0 * 3.0 * (0.25 + 0.09 + 0.09 + 0.24) / 8)
+    assert two_tone_cost(p).tolist() == pytest.approx([0.34 / 4, 0.33 / 4])
     total = terms["stat"] + terms["lam"] + terms["prior"] + terms["tv"] + terms["tone"]
     assert terms["loss"].item() == pytest.approx(total.item())
     with pytest.raises(ValueError, match="mean"):
