@@ -11,7 +11,9 @@ against as many held-out test images (the control):
   hyperparameters of its good runs (lr_x 0.1, init_scale 1e-2, lambda_min 0.45, alpha 20, all
   inside the ranges of its random search).
 
-The curve is the wall time of the run so far (its steady time per step times the step) against
+The curve is the wall time of the run so far (its mean time per step times the step; a recipe
+whose steps change cost part way, such as the full profile's refinement, is read at its mean)
+against
 the count at that step; a card's reading is "minutes to reach k images" for each recipe, on
 the same trained model and the same CPU. It is :mod:`benchmarks.ablation`'s ``custom``
 ablation with these two variants and ``--trajectory``, so an interrupted benchmark resumes.
@@ -37,7 +39,7 @@ from recon.reconstruct import ReconConfig  # noqa: E402
 from recon.rundir import load_run  # noqa: E402
 
 KEEP = ("steps", "lr_x", "lr_lambda", "init_scale", "lambda_min", "alpha", "optimizer", "box",
-        "subspace_tol", "matmul", "tv")
+        "subspace_tol", "matmul", "tv", "two_tone", "refine_share", "refine_tol")
 
 
 def _spec(name: str, cfg: dict) -> str:

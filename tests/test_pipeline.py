@@ -73,3 +73,24 @@ def test_reconstruction_uses_the_profiles_model_and_is_cached(tiny):
     cfg = ReconConfig(n_candidates=4, steps=10, log_every=5)
     small = pipeline.reconstruction("mnist", config=cfg, snapshot_steps=(10,))
     assert small["x"].shape[0] == 4 and sorted(small["snapshots"]) == [10]
+
+
+def test_time_to_recovery_runs_the_cards_whole_recipe(load_benchmark):
+    """The time-to-recovery benchmark passes a card's recipe to the ablation as KEY=VALUE
+    fields: every field in which a full profile's recipe differs from the library's default
+    must survive the round trip, or the benchmark would time another recipe."""
+    import dataclasses
+
+    from recon.pipeline import PROFILES
+    from recon.reconstruct import ReconConfig
+
+    ttr, ablation = load_benchmark("time_to_recovery"), load_benchmark("ablation")
+    default = ReconConfig().to_dict()
+    for task, s in PROFILES["full"].items():
+        recipe = dataclasses.replace(s["recon"], n_candidates=1000).to_dict()
+        name, _, body = ttr._spec("book", recipe).partition(":")
+        back = ablation.parse_overrides(body.split(","))
+        differs = {k for k, v in recipe.items() if v != default[k]} - {"n_candidates",
+                                                                      "log_every"}
+        assert differs <= set(back), (task, differs - set(back))
+        assert all(back[k] == recipe[k] for k in differs), task
