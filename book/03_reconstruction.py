@@ -193,9 +193,11 @@ glue("stat_rel_random", stat_random, display=False)
 glue("stat_rel_true", 100 * stat_true, display=False)
 glue("kkt_exact_mnist", 100 * net["kkt"]["unexplained"], display=False)
 glue("kkt_exact_cifar10", 100 * nets["cifar10"]["kkt"]["unexplained"], display=False)
-# section 5 says the CIFAR-10 model is not the more distant from stationarity of the two
-assert nets["cifar10"]["kkt"]["unexplained"] <= net["kkt"]["unexplained"], \
-    "section 5's prose assumes CIFAR-10's KKT residual is not above MNIST's: reword it"
+# section 5 says both models are within a few percent of a KKT point (which of the two is
+# nearer changes with the CPU and the thread count: 1.6% against 2.8% on one thread of an
+# Intel Xeon, the other way round elsewhere, so the prose does not rank them)
+assert max(nets["cifar10"]["kkt"]["unexplained"], net["kkt"]["unexplained"]) < 0.05, \
+    "section 5's prose says both models are within a few percent of a KKT point: reword it"
 glue("n_below_floor", int((t.n * lam_star < control_cfg.lambda_min).sum()), display=False)
 glue("lambda_min_ctrl", control_cfg.lambda_min, display=False)
 glue("n_true", t.n, display=False)
@@ -558,9 +560,10 @@ plt.show()
 # The same recipe on CIFAR-10, with {glue:text}`n_cifar10` training images and
 # {glue:text}`m_cifar10` candidates. There are reasons to expect less than on MNIST: a CIFAR-10
 # image has four times as many values as a digit and no clean background. Distance from the
-# stationary point is not among them: chapter 2's CIFAR-10 model leaves
+# stationary point is not a large difference: chapter 2's CIFAR-10 model leaves
 # {glue:text}`kkt_exact_cifar10:.2f`% of $\|\theta\|^2$ unexplained at its training set,
-# against {glue:text}`kkt_exact_mnist:.2f`% for MNIST.
+# against {glue:text}`kkt_exact_mnist:.2f`% for MNIST, both within a few percent of a KKT
+# point.
 
 # %%
 fig = plot_history(run["cifar10"]["history"], ["stat_rel", "lam_pen", "prior"], x="step",
@@ -1203,7 +1206,8 @@ assert ev_sgd.count(ncc_above=0.8) < evs["mnist"].count(ncc_above=0.8)
 #   low loss alone does not mean the training set was found.
 # - At the paper's size the row space has no sharp edge. Keeping only its strong directions
 #   (`subspace_tol` = 1e-2, chosen on a shadow model) still holds most training images and
-#   drops most of the noise; pooled runs then bring back dozens of MNIST training digits.
+#   drops most of the noise; pooled runs then bring back dozens of MNIST training digits,
+#   and over a hundred with the prior against blends of the Results chapter.
 #
 # %% [markdown]
 # ## References
