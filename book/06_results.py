@@ -1151,17 +1151,15 @@ assert jensen["cifar10"]["ratio"] < 1 and jensen["cifar10"]["above_both"] < 0.05
 # more than both): two photographs have edges nearly everywhere, and half of two overlapping
 # edges is cheaper than either. So the prior is for digits, and CIFAR-10 stays without one.
 #
-# Two more things decide whether it can act. The row space of cut-off 1e-2 is narrow: on the
+# Two more things decide how much it can do. The row space of cut-off 1e-2 is narrow: on the
 # shadow it has {glue:text}`tone_rank_1e2` directions, and only {glue:text}`tone_own_1e2` of
 # the shadow's 500 digits keep NCC 0.9 when projected into it, their strokes smeared grey, so
-# the prior has no room there. At 3e-3 ({glue:text}`tone_rank_3e3` directions)
-# {glue:text}`tone_own_3e3` do; but random starts in a wider space find less (the cut-off scan
-# above). And the prior
-# alone, from random starts, pulls candidates towards any crisp strokes. The recipe that
-# works does both in turn: the first third of the steps in the 1e-2 row space, where
-# candidates take the shape of digits, then the cut-off 3e-3 and the two-tone prior
-# (`refine_share=0.67`, `refine_tol=3e-3`, `two_tone=1`; the candidates keep their pixels
-# and Adam its state at the switch). It was chosen on the shadow model by
+# the prior has little room there. At 3e-3 ({glue:text}`tone_rank_3e3` directions)
+# {glue:text}`tone_own_3e3` do; but random starts in a wider space find less (the cut-off
+# scan above). The recipe uses both: the prior throughout, the 1e-2 row space for the first
+# third of the steps, where random starts find their way, and the cut-off 3e-3 for the rest
+# (`two_tone=1`, `refine_share=0.67`, `refine_tol=3e-3`; at the switch the candidates keep
+# their pixels and Adam its state). It was chosen on the shadow model by
 # `benchmarks/directions.py` (the rows marked shadow, the weight and the cut-off beside it),
 # then run on the victim with the same seeds as the 1e-2 recipe:
 
