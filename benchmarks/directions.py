@@ -25,6 +25,10 @@ held-out test images (the control):
   multipliers carry over; the optimiser's state restarts with each stage. Other fields of the
   recipe after a bar: ``schedule:1e-2@0.67,3e-5|lambda_min=0.05``.
 
+Each entry also counts, one-to-one, only the candidates with the largest multipliers (the
+quarter, half, all of ``n``, and all ``2n``): a ranking that reads nothing but the
+reconstruction's own output, so it can choose what to keep without the training set.
+
 Nothing here reads a training image until the counts at the end; a direction is kept only if
 it beats ``recipe`` on the shadow model and then it is reported on the victim with its control.
 
@@ -165,6 +169,22 @@ def run_schedule(stages):
                       lambda over, steps: {"subspace_tol": over["subspace_tol"], "steps": steps})
 
 
+def by_multiplier(x, lam, task, control, sizes) -> list[dict]:
+    """One-to-one counts (NCC > 0.9, against the training set and the test control) of the
+    ``k`` candidates with the largest multipliers, for each ``k`` in ``sizes`` (a candidate's
+    total multiplier where it has one per wrong class)."""
+    weight = lam.sum(1) if lam.dim() == 2 else lam
+    order = torch.argsort(weight, descending=True)
+    rows = []
+    for k in sizes:
+        keep = x[order[:k]]
+        tr = evaluate(keep, task.x_train, task.mean, matching="one_to_one")
+        te = evaluate(keep, control, task.mean, matching="one_to_one")
+        rows.append({"kept": int(k), "ncc>0.9": tr.count(ncc_above=0.9),
+                     "test_ncc>0.9": te.count(ncc_above=0.9)})
+    return rows
+
+
 DIRECTIONS = {
     "recipe": (lambda cfg: cfg, run_recipe),
     "free-mass": (lambda cfg: dataclasses.replace(cfg, lambda_min=0.05), run_recipe),
@@ -233,7 +253,10 @@ def main(argv: list[str] | None = None) -> None:
                      "precision": resolve_precision(cfg.matmul, "cpu", cfg.dtype),
                      "residual_exact": kkt_residual(model, x, lam, y),
                      "wall_time_s": wall, "total_time_s": time.perf_counter() - t0,
-                     "counts": {"one_to_one": tr.counts(), "test_control": te.counts()}}
+                     "counts": {"one_to_one": tr.counts(), "test_control": te.counts()},
+                     "by_multiplier": by_multiplier(
+                         x, lam, task, control,
+                         sorted({task.n // 4, task.n // 2, task.n, len(x)}))}
             payload["entries"].append(entry)
             payload["provenance"] = provenance(torch.device("cpu"))
             atomic_write_json(payload, args.out)

@@ -77,3 +77,25 @@ def test_kink_membership_tells_training_from_held_out_digits(small):
 def test_auc_counts_ties_half():
     assert auc([2.0, 3.0], [1.0]) == 1.0 and auc([1.0], [2.0]) == 0.0
     assert auc([1.0, 1.0], [1.0, 1.0]) == 0.5
+
+
+def test_directions_counts_the_candidates_with_the_largest_multipliers(load_benchmark):
+    """``benchmarks/directions.py`` ranks candidates by their multiplier alone: with the
+    training images as the heavy candidates and noise as the light ones, the top half finds
+    them all, the top quarter a quarter, and the test control none."""
+    from types import SimpleNamespace
+
+    directions = load_benchmark("directions")
+    g = torch.Generator().manual_seed(0)
+    train = torch.rand(8, 1, 6, 6, generator=g) - 0.5
+    control = torch.rand(8, 1, 6, 6, generator=g) - 0.5
+    task = SimpleNamespace(x_train=train, mean=torch.full((1, 1, 6, 6), 0.5))
+    x = torch.cat([train, 0.1 * torch.randn(8, 1, 6, 6, generator=g)])
+    lam = torch.cat([torch.linspace(2, 1, 8), torch.linspace(0.5, 0.1, 8)])
+    perm = torch.randperm(16, generator=g)  # the ranking must not rely on the order
+    rows = directions.by_multiplier(x[perm], lam[perm], task, control, [2, 8, 16])
+    assert [r["kept"] for r in rows] == [2, 8, 16]
+    assert [r["ncc>0.9"] for r in rows] == [2, 8, 8]
+    assert all(r["test_ncc>0.9"] == 0 for r in rows)
+    per_class = torch.stack([lam[perm], lam[perm]], 1)  # a multiplier per wrong class
+    assert directions.by_multiplier(x[perm], per_class, task, control, [8])[0]["ncc>0.9"] == 8
