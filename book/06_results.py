@@ -1301,8 +1301,8 @@ assert tone_card_n9 >= 100 and 0.1 < tone_card_test9 / tone_card_n9 < 0.2
 # Which of a run's candidates are the generic digits? The KKT conditions give each candidate
 # a multiplier, and a training image on the margin carries a large one, so the multiplier is a
 # score that reads nothing but the reconstruction's own output. `benchmarks/directions.py`
-# counts, beside every run, only the candidates with the largest multipliers (the top
-# quarter, half and all of $n$, and all $2n$):
+# counts, beside every run, only the $k$ candidates with the largest multipliers, for $k$ =
+# $n/4$, $n/2$, $n$ and all $2n$:
 
 # %% tags=["hide-input"]
 mult_rows, mult = [], {}
@@ -1332,18 +1332,19 @@ for who in ("shadow", "victim"):
         [a for a, _ in mult[who, 1000]])
 
 # %% [markdown]
-# The multiplier tells a particular training digit from a generic one. Ranked by it, the top
-# half of a run's candidates keeps {glue:text}`mult_shadow_250:.1f` of the shadow's
-# {glue:text}`mult_shadow_1000:.1f` digits per run, with {glue:text}`mult_shadow_250_test:.1f`
-# test digits against {glue:text}`mult_shadow_1000_test:.1f` for all the candidates; on the
-# victim {glue:text}`mult_victim_250:.1f` of {glue:text}`mult_victim_1000:.1f`, with
+# The multiplier tells a particular training digit from a generic one. The $n/2$ = 250
+# candidates with the largest multipliers, a quarter of a run's $2n$, keep
+# {glue:text}`mult_shadow_250:.1f` of the shadow's {glue:text}`mult_shadow_1000:.1f` digits
+# per run, with {glue:text}`mult_shadow_250_test:.1f` test digits against
+# {glue:text}`mult_shadow_1000_test:.1f` for all the candidates; on the victim
+# {glue:text}`mult_victim_250:.1f` of {glue:text}`mult_victim_1000:.1f`, with
 # {glue:text}`mult_victim_250_test:.1f` test digits against
-# {glue:text}`mult_victim_1000_test:.1f`; and the top quarter matches no test digit on
-# either. The generic digits that match test images have small multipliers and large margins:
-# the weights barely need them. The card above pools every candidate of its eight runs; pooling
-# only the top half of each run by multiplier, a rule chosen here on the shadow and reading
-# only the reconstruction's output, is the next step toward more than 100 digits with a
-# control under 5%.
+# {glue:text}`mult_victim_1000_test:.1f`; and the top $n/4$ match no test digit on either. The
+# generic digits that match test images carry small multipliers: the weights barely need
+# them. The card above pools every candidate of its eight runs; pooling only the $n/2$ of
+# each run with the largest multipliers, a rule chosen here on the shadow and reading only the
+# reconstruction's output, is the next step toward more than 100 digits with a control under
+# 5%.
 
 # %% [markdown]
 # ## 4. Are the recovered images the margin samples?
