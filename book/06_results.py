@@ -1171,16 +1171,11 @@ tone_files = sorted((RESULTS / "directions").glob("tone-*.json"))
 tone_entries = [e for f in tone_files for e in json.loads(f.read_text())["entries"]]
 
 
-def short_e(v):
-    """1e-2, 3e-3: a cut-off as the prose writes it."""
-    return f"{v:.0e}".replace("e-0", "e-")
-
-
 def recipe_label(c):
     """What a directions entry ran, from its recorded config."""
-    label = f"cut-off {short_e(c['subspace_tol'])}"
+    label = f"cut-off {short_tol(c['subspace_tol'])}"
     if c.get("refine_share", 0) > 0:
-        label += f", then {short_e(c['refine_tol'])} for the last {c['refine_share']:.0%}"
+        label += f", then {short_tol(c['refine_tol'])} for the last {c['refine_share']:.0%}"
     else:
         label += " throughout"
     if c.get("two_tone", 0) > 0:
