@@ -243,7 +243,8 @@ def cmd_reproduce(args) -> None:
     try:
         reproduce(args.task, args.profile, args.out, n_per_class=args.n_per_class,
                   epochs=args.epochs, weight_decay=args.weight_decay, trials=args.trials,
-                  pool=args.pool, steps=args.steps, objective=args.objective, space=args.space,
+                  pool=args.pool, keep=args.keep, skip_per_class=args.skip_per_class,
+                  steps=args.steps, objective=args.objective, space=args.space,
                   tv=args.tv, matmul=args.matmul, device=args.device,
                   progress=not args.quiet)
     except KeyboardInterrupt:
@@ -483,6 +484,12 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--weight-decay", type=float, help="override the profile's weight decay")
     rp.add_argument("--trials", type=int, help="reconstruction runs in the sweep")
     rp.add_argument("--pool", type=int, help="pool the candidates of the best K trials")
+    rp.add_argument("--keep", type=float,
+                    help="pool only this share of each trial's candidates, those with the "
+                         "largest multipliers (default: the profile's; 1 = all)")
+    rp.add_argument("--skip-per-class", type=int, default=0,
+                    help="a shadow model: train on the images after the first K of each class "
+                         "(card under results/shadow/ by default)")
     rp.add_argument("--steps", type=int, help="reconstruction steps per trial")
     rp.add_argument("--tv", type=float, help="override the profile's total-variation prior weight")
     rp.add_argument("--objective", choices=("kkt", "agreement", "oracle"),

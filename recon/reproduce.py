@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["SWEEP_DEFAULTS", "SELECTION", "reproduce", "default_out", "read_card",
+__all__ = ["SWEEP_DEFAULTS", "KEEP_SHARES", "SELECTION", "reproduce", "default_out", "read_card",
            "trained_params", "results_dir", "load_cards", "card_row", "card_selection",
            "summary_table", "SUMMARY_FILE", "write_summary"]
 
@@ -53,9 +53,11 @@ SELECTION = {
 }
 
 
-def default_out(task: str, profile: str, n: int) -> Path:
-    """``results/reproduce/<task>-<profile>-n<n>`` (relative to the working directory)."""
-    return Path("results") / "reproduce" / f"{task}-{profile}-n{n}"
+def default_out(task: str, profile: str, n: int, shadow: bool = False) -> Path:
+    """``results/reproduce/<task>-<profile>-n<n>`` (relative to the working directory);
+    ``results/shadow/...`` for a shadow model (trained on other images of the task, to
+    choose settings on), whose cards the book's tables of results leave out."""
+    return Path("results") / ("shadow" if shadow else "reproduce") / f"{task}-{profile}-n{n}"
 
 
 def read_card(path: str | os.PathLike) -> dict:
@@ -187,6 +189,8 @@ def summary_table(cards: list[dict]) -> str:
         sel = r["trials chosen by"]
         sel = ("all" if sel.startswith("none") else "best by the weights"
                if sel.startswith("weights") else "best by the oracle")
+        if (keep := c["pool"].get("keep", 1.0)) < 1:
+            sel += f"; {keep:g} of each by multiplier"
         cpu = (c["provenance"].get("cpu") or {}).get("model", "not recorded")
         rev = c["provenance"].get("git_revision") or ""
         rev = ("uncommitted changes (not yet remade)" if rev.endswith("-dirty") or not rev
@@ -205,6 +209,36 @@ def write_summary(root: str | os.PathLike | None = None) -> Path:
     path = root / SUMMARY_FILE
     path.write_text(summary_table(load_cards(root)))
     return path
+
+
+#: the shares of each trial's candidates (largest multipliers first) a card's pool is also
+#: counted at, so that a shadow model's card shows the choice of ``keep``
+KEEP_SHARES = (0.125, 0.25, 0.5, 1.0)
+
+
+def _keep_note(keep: float) -> str:
+    """What a card's selection adds where each trial pools only part of its candidates."""
+    if keep >= 1:
+        return ""
+    return (f"; of each, the {keep:g} of its candidates with the largest multipliers "
+            "(weights only)")
+
+
+def _by_keep(out: Path, k: int, study_name: str, data) -> list[dict]:
+    """One-to-one counts above NCC 0.9 of the pool of the best ``k`` trials, against the
+    training set and the test control, keeping each share of :data:`KEEP_SHARES` of every
+    trial's candidates."""
+    from .evaluate import evaluate
+    from .sweep import pool_trials
+
+    rows = []
+    for share in KEEP_SHARES:
+        p = pool_trials(out, k, study_name=study_name, task=data, keep=share, write=False)
+        te = evaluate(p.candidates, data.x_test[:data.n], data.mean, matching="one_to_one")
+        rows.append({"keep": share, "n_candidates": int(len(p.candidates)),
+                     "ncc>0.9": p.pool["one_to_one"].count(ncc_above=0.9),
+                     "test_ncc>0.9": te.count(ncc_above=0.9)})
+    return rows
 
 
 def _plot(card: dict, pool_eval, out: Path, max_pairs: int) -> None:
@@ -242,6 +276,7 @@ def reproduce(
     weight_decay: float | None = None,
     trials: int | None = None,
     pool: int | None = None,
+    keep: float | None = None,
     steps: int | None = None,
     objective: str | None = None,
     space: str | None = None,
@@ -253,6 +288,7 @@ def reproduce(
     device: str | None = None,
     progress: bool = True,
     max_pairs: int = 40,
+    skip_per_class: int = 0,
 ) -> dict:
     """Train, sweep, pool and evaluate one task; write ``OUT/card.json`` and figures.
 
@@ -262,6 +298,13 @@ def reproduce(
     the defenses), ``label_noise`` flips that fraction of the training labels
     (:func:`recon.data.flip_labels`), ``all_classes`` reconstructs a ten-class model from the
     equation with a multiplier per wrong class (:class:`recon.reconstruct.ReconConfig`).
+    ``keep`` pools only that share of each trial's candidates, those with the largest
+    multipliers (:func:`recon.sweep.pool_trials`; default: the profile's, 1 = all);
+    the card also counts the pool at the other shares of :data:`KEEP_SHARES`.
+    ``skip_per_class`` trains a *shadow* model on the images after the first
+    ``skip_per_class`` of each class (as ``python -m recon train --skip-per-class``): a model
+    of the same kind on other images, on which an attacker may look at the training set to
+    choose settings; its card goes to ``results/shadow/`` by default.
     """
     from .data import flip_labels, load_task
     from .evaluate import evaluate
@@ -279,23 +322,31 @@ def reproduce(
         raise ValueError(f"profile must be one of {sorted(SWEEP_DEFAULTS)}, got {profile!r}")
     s = settings(task, profile)
     sw = dict(SWEEP_DEFAULTS[profile])
+    sw["keep"] = s.get("keep", 1.0)
     sw.update({k: v for k, v in {"trials": trials, "pool": pool, "objective": objective,
-                                 "space": space}.items() if v is not None})
+                                 "space": space, "keep": keep}.items() if v is not None})
     sw["objective"] = objective_name(sw["objective"])
     if sw["trials"] < 1 or sw["pool"] < 1:
         raise ValueError("trials and pool must be >= 1")
+    if not 0 < sw["keep"] <= 1:
+        raise ValueError(f"keep is the share of each trial's candidates to pool, in (0, 1]; "
+                         f"got {sw['keep']}")
+    if skip_per_class < 0:
+        raise ValueError(f"skip_per_class must be >= 0, got {skip_per_class}")
     npc = n_per_class or s["n_per_class"]
     tcfg = dataclasses.replace(s["train"], **{k: v for k, v in {
         "epochs": epochs, "weight_decay": weight_decay, "matmul": matmul}.items()
         if v is not None}, **(train_overrides or {}))
-    data = flip_labels(load_task(task, npc), label_noise, seed=tcfg.seed)
+    data = flip_labels(load_task(task, npc, skip_per_class=skip_per_class), label_noise,
+                       seed=tcfg.seed)
     rcfg = ReconConfig(**{**s["recon"].to_dict(), "n_candidates": 2 * data.n,
                           **({"steps": steps} if steps else {}),
                           **({"tv": tv} if tv is not None else {}),
                           **({"all_classes": all_classes} if all_classes is not None else {}),
                           **({"matmul": matmul} if matmul is not None else {})})
     dev = device or default_device()
-    out = Path(out) if out is not None else default_out(task, profile, data.n)
+    out = (Path(out) if out is not None
+           else default_out(task, profile, data.n, shadow=skip_per_class > 0))
     out.mkdir(parents=True, exist_ok=True)
     card_path = out / "card.json"
     card = json.loads(card_path.read_text()) if card_path.is_file() else {}
@@ -314,7 +365,8 @@ def reproduce(
     card.update(format=CARD_FORMAT, profile=profile, device=dev, complete=False,
                 task={"name": data.name, "n_per_class": npc, "n": data.n,
                       "n_test": int(len(data.y_test)), "source": data.source_kind,
-                      **({"label_noise": label_noise} if label_noise else {})},
+                      **({"label_noise": label_noise} if label_noise else {}),
+                      **({"skip_per_class": skip_per_class} if skip_per_class else {})},
                 model={"input_dim": int(data.x_train[0].numel()),
                        "params": trained_params(data.x_train[0].numel(), tcfg.widths,
                                                 data.n_outputs),
@@ -324,8 +376,8 @@ def reproduce(
                 precision={"train": resolve_precision(tcfg.matmul, dev, tcfg.dtype),
                            "recon": resolve_precision(rcfg.matmul, dev, rcfg.dtype)},
                 # who chose the pooled trials: the weights alone, or the training images
-                selection=SELECTION[sw["objective"]] if sw["pool"] < sw["trials"] else
-                "none (every trial pooled)")
+                selection=(SELECTION[sw["objective"]] if sw["pool"] < sw["trials"] else
+                           "none (every trial pooled)") + _keep_note(sw["keep"]))
 
     # 1. train ------------------------------------------------------------------------------
     say(f"1/4 train {data.name} n={data.n} for {tcfg.epochs} epochs -> {out / 'model.pt'}")
@@ -357,21 +409,25 @@ def reproduce(
     save()
 
     # 3. pool ------------------------------------------------------------------------------
-    say(f"3/4 pool the best {sw['pool']} trials and evaluate (paper protocol, both matchings)")
+    kept = "" if sw["keep"] >= 1 else f", {sw['keep']:g} of each by multiplier"
+    say(f"3/4 pool the best {sw['pool']} trials{kept} and evaluate (paper protocol, both "
+        "matchings)")
     t0 = time.perf_counter()
-    pooled = pool_trials(out, sw["pool"], study_name=summary["study_name"], task=data)
+    pooled = pool_trials(out, sw["pool"], study_name=summary["study_name"], task=data,
+                         keep=sw["keep"])
     # control: the same candidates matched one-to-one to as many TEST images of the task,
     # which the model never saw; a count there is what generic images of the classes score
     control = evaluate(pooled.candidates, data.x_test[:data.n], data.mean,
                        matching="one_to_one")
     card["pool"] = {"trials": pooled.trials, "best_trial": pooled.best_trial,
-                    "n_candidates": pooled.pool["paper"].n_candidates,
-                    "counts": pooled.counts(), "test_control": control.counts()}
+                    "keep": sw["keep"], "n_candidates": pooled.pool["paper"].n_candidates,
+                    "counts": pooled.counts(), "test_control": control.counts(),
+                    "by_keep": _by_keep(out, sw["pool"], summary["study_name"], data)}
     card.pop("pool_oracle", None)  # a resumed card's, from another pool size
     if sw["objective"] != "oracle" and sw["pool"] < sw["trials"]:
         # the attacker's choice, and the oracle's beside it (where there was a choice)
         oracle = pool_trials(out, sw["pool"], study_name=summary["study_name"], task=data,
-                             rank_by="paper_score")
+                             rank_by="paper_score", keep=sw["keep"])
         card["pool_oracle"] = {"trials": oracle.trials, "best_trial": oracle.best_trial,
                                "counts": oracle.counts()}
     wall["pool"] = time.perf_counter() - t0

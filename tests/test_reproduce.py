@@ -3,10 +3,11 @@
 import json
 
 import pytest
+import torch
 
 from recon.cli import main
 from recon.reconstruct import ReconConfig
-from recon.reproduce import card_row, load_cards, read_card
+from recon.reproduce import card_row, load_cards, read_card, summary_table
 from recon.sweep import load_study
 
 TINY = ["--n-per-class", "3", "--epochs", "200", "--trials", "2", "--pool", "2",
@@ -88,6 +89,46 @@ def test_reproduce_writes_card_and_figures_and_resumes(tmp_path, data_dir, monke
     assert row["NCC>0.9 (1-1)"] == one_to_one["ncc>0.9"]
     assert row["NCC>0.9, mean-subtracted"] == one_to_one["ncc0>0.9"]
     assert row["NCC>0.9 vs test images"] == read_card(out)["pool"]["test_control"]["ncc>0.9"]
+
+
+@pytest.mark.slow
+def test_reproduce_a_shadow_model_pooling_the_largest_multipliers(tmp_path, data_dir,
+                                                                   monkeypatch):
+    """``--skip-per-class`` trains on other images of the task (a shadow model, card under
+    results/shadow/), and ``--keep`` pools only each trial's candidates with the largest
+    multipliers; the card counts the pool at every share of KEEP_SHARES beside it."""
+    from recon.data import load_task
+    from recon.reproduce import KEEP_SHARES
+    from recon.sweep import load_trial, top_by_multiplier
+
+    monkeypatch.setenv("RECON_DATA_DIR", str(data_dir))
+    monkeypatch.chdir(tmp_path)
+    assert main(["reproduce", "mnist", "--skip-per-class", "3", "--keep", "0.5", *TINY]) == 0
+    out = tmp_path / "results" / "shadow" / "mnist-quick-n6"
+    card = read_card(out)
+    assert card["task"]["skip_per_class"] == 3
+    assert not (tmp_path / "results" / "reproduce").exists()
+    # the shadow's training set: the images after the first 3 of each class
+    shadow = load_task("mnist", 3, skip_per_class=3)
+    assert not torch.equal(shadow.x_train, load_task("mnist", 3).x_train)
+    ev = card["pool"]
+    assert card["config"]["sweep"]["keep"] == ev["keep"] == 0.5
+    assert ev["n_candidates"] == 2 * 6  # two trials, half of each trial's 12
+    assert "largest multipliers" in card["selection"]
+    assert "0.5 of each by multiplier" in summary_table([card])
+    rows = {r["keep"]: r for r in ev["by_keep"]}
+    assert sorted(rows) == sorted(KEEP_SHARES)
+    assert [rows[k]["n_candidates"] for k in KEEP_SHARES] == [4, 6, 12, 24]
+    # the chosen share's row is the card's own count; the pooled candidates are each
+    # trial's top half by multiplier, scored against the shadow's training images
+    assert rows[0.5]["ncc>0.9"] == ev["counts"]["pool"]["one_to_one"]["ncc>0.9"]
+    assert rows[0.5]["test_ncc>0.9"] == ev["test_control"]["ncc>0.9"]
+    from recon.evaluate import evaluate
+    sdir = out / "sweep" / card["sweep"]["study_name"]
+    kept = torch.cat([top_by_multiplier(a["x"], a["lam"], 0.5) for a in
+                      (load_trial(sdir / f"trial-{t:05d}.pt") for t in ev["trials"])])
+    again = evaluate(kept, shadow.x_train, shadow.mean, matching="one_to_one")
+    assert again.counts() == ev["counts"]["pool"]["one_to_one"]
 
 
 def test_cli_passes_the_tv_override_to_reproduce(monkeypatch):

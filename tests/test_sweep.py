@@ -24,6 +24,7 @@ from recon.sweep import (
     run_study,
     search_space,
     study_summary,
+    top_by_multiplier,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -327,6 +328,31 @@ def test_pool_of_best_trials_recovers_at_least_as_many_as_the_best_trial(small_r
     assert art["lam"].shape == (40,) and set(art["y"].tolist()) == {-1.0, 1.0}
     assert ReconConfig(**art["config"]).steps == 300
     assert art["counts"] == {m: ev.counts() for m, ev in res.best.items()}
+
+    # keep: each trial gives only its candidates with the largest multipliers, in that order
+    half = pool_trials(small_run, 3, study_name="pool", keep=0.5, write=False)
+    assert half.trials == res.trials and half.keep == 0.5
+    assert half.pool["paper"].n_candidates == len(half.candidates) == 3 * 20
+    for i, t in enumerate(half.trials):
+        a = load_trial(small_run / "sweep" / "pool" / f"trial-{t:05d}.pt")
+        order = torch.argsort(a["lam"], descending=True)
+        assert torch.equal(half.candidates[20 * i:20 * (i + 1)], a["x"][order[:20]])
+    assert json.loads((small_run / "sweep" / "pool" / "pool.json").read_text())["keep"] == 1
+    with pytest.raises(ValueError, match=r"in \(0, 1\]"):
+        pool_trials(small_run, 3, study_name="pool", keep=0)
+
+
+def test_top_by_multiplier_ranks_by_the_total_multiplier():
+    x = torch.arange(5.0).reshape(5, 1, 1, 1)
+    assert torch.equal(top_by_multiplier(x, torch.tensor([0.1, 3.0, 0.5, 2.0, 0.0]), 0.4),
+                       x[[1, 3]])
+    # one multiplier per wrong class (ten-class models): ranked by the candidate's total
+    lam2 = torch.tensor([[1.0, 0.0], [0.2, 0.2], [0.0, 0.9], [0.5, 0.6], [0.0, 0.0]])
+    assert torch.equal(top_by_multiplier(x, lam2, 0.5), x[[3, 0, 2]])  # ceil(2.5) = 3
+    assert top_by_multiplier(x, torch.zeros(5), 1.0) is x
+    assert len(top_by_multiplier(x, torch.rand(5), 0.01)) == 1  # never empty
+    with pytest.raises(ValueError, match="5 candidates but 4 multipliers"):
+        top_by_multiplier(x, torch.rand(4), 0.5)
 
 
 def test_agreement_objective_compares_two_independent_runs(tiny_run):

@@ -61,7 +61,7 @@ Layout: ``space`` (search spaces), ``storage`` (databases, run directories, tria
 
 from .meta import STUDY_FORMAT
 from .objectives import ATTACKER_OBJECTIVES, OBJECTIVES, kkt_residual, objective_name
-from .report import PoolResult, compare_scores, pool_trials, study_summary
+from .report import PoolResult, compare_scores, pool_trials, study_summary, top_by_multiplier
 from .runner import run_study
 from .space import SEARCH_SPACES, SEARCHABLE, search_space
 from .storage import (
@@ -93,4 +93,5 @@ __all__ = [
     "run_study",
     "search_space",
     "study_summary",
+    "top_by_multiplier",
 ]

@@ -3,6 +3,7 @@ oracle, and the pooled candidates of the best trials."""
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,6 +94,7 @@ class PoolResult:
     study_name: str = ""
     objective: str = ""
     candidates: torch.Tensor | None = None  # (m_pool, C, H, W) the pooled candidates
+    keep: float = 1.0  # the share of each trial's candidates pooled (largest multipliers)
 
     def counts(self) -> dict:
         return {"pool": {m: ev.counts() for m, ev in self.pool.items()},
@@ -102,7 +104,7 @@ class PoolResult:
         return {
             "study_name": self.study_name, "objective": self.objective,
             "trials": self.trials, "best_trial": self.best_trial, "missing": self.missing,
-            "n_candidates": self.pool["paper"].n_candidates,
+            "keep": self.keep, "n_candidates": self.pool["paper"].n_candidates,
             "counts": self.counts(),
             "mean_ssim_top10": {
                 "pool": {m: float(ev.ssim[:10].mean()) for m, ev in self.pool.items()},
@@ -110,6 +112,19 @@ class PoolResult:
             "pool_evaluation": {m: ev.to_dict() for m, ev in self.pool.items()},
             "best_trial_evaluation": {m: ev.to_dict() for m, ev in self.best.items()},
         }
+
+
+def top_by_multiplier(x: torch.Tensor, lam: torch.Tensor, keep: float) -> torch.Tensor:
+    """The ``ceil(keep * m)`` of the ``m`` candidates ``x`` with the largest multipliers
+    ``lam`` (a candidate's total where it has one per wrong class), largest first; all of
+    them, in their order, for ``keep`` = 1."""
+    if keep >= 1:
+        return x
+    if lam.shape[0] != x.shape[0]:
+        raise ValueError(f"{x.shape[0]} candidates but {lam.shape[0]} multipliers")
+    weight = lam.sum(1) if lam.dim() == 2 else lam
+    k = max(1, math.ceil(keep * len(x)))
+    return x[torch.argsort(weight, descending=True, stable=True)[:k]]
 
 
 def pool_trials(
@@ -122,6 +137,7 @@ def pool_trials(
     task=None,
     write: bool = True,
     rank_by: str | None = None,
+    keep: float = 1.0,
 ) -> PoolResult:
     """Pool the candidates of the best ``k`` complete trials and evaluate them (paper protocol,
     both matchings) beside the best single trial. Reads the saved trial artefacts; re-runs
@@ -132,6 +148,12 @@ def pool_trials(
     ``rank_by``: rank the trials by one of the scores every trial stores (``"paper_score"``,
     the oracle that uses the training set; ``"kkt_residual"``, from the weights alone)
     instead of by the study's objective; lower is better for both.
+
+    ``keep``: pool only this share of each trial's candidates, those with the largest
+    multipliers (:func:`top_by_multiplier`; 1 keeps all). A reconstruction's multipliers are
+    its own output, so this reads no training image: at n = 500 the candidates that match a
+    training image carry much larger multipliers than those that match generic images of the
+    classes (the Results chapter).
     """
     run = Path(run)
     if k < 1:
@@ -141,6 +163,9 @@ def pool_trials(
     if task is None:
         task = load_run(run).task
     sdir = sweep_dir(run) / study.study_name
+    if not 0 < keep <= 1:
+        raise ValueError(f"keep is the share of each trial's candidates to pool, in (0, 1]; "
+                         f"got {keep}")
     if rank_by is not None and rank_by not in ("paper_score", "kkt_residual"):
         raise ValueError(f"rank_by must be 'paper_score' or 'kkt_residual', got {rank_by!r}")
     complete = sorted((t for t in study.get_trials(deepcopy=False)
@@ -156,7 +181,7 @@ def pool_trials(
             continue
         art = load_trial(path)
         chosen.append(t.number)
-        xs.append(art["x"])
+        xs.append(top_by_multiplier(art["x"], art["lam"], keep))
     if not chosen:
         raise FileNotFoundError(
             f"no trial artefacts in {sdir} for study {study.study_name!r} "
@@ -165,7 +190,7 @@ def pool_trials(
     pool = evaluate_both(torch.cat(xs), task.x_train, task.mean)
     best = evaluate_both(xs[0], task.x_train, task.mean)
     res = PoolResult(chosen, pool, best, chosen[0], missing, study.study_name,
-                     study.user_attrs.get("objective", ""), torch.cat(xs))
+                     study.user_attrs.get("objective", ""), torch.cat(xs), keep)
     if write and rank_by is None:
         atomic_write_json(res.to_dict(), sdir / "pool.json")
     return res
