@@ -390,7 +390,8 @@ def reproduce(
                      "wall_time_s": res.wall_time}
     wall["train"] = res.wall_time
     # run.json lets the sweep find the task (the format `python -m recon train` writes)
-    run_json = {"task": task_card(data, label_noise=label_noise, label_noise_seed=tcfg.seed),
+    run_json = {"task": task_card(data, skip_per_class=skip_per_class, label_noise=label_noise,
+                                  label_noise_seed=tcfg.seed),
                 "device": dev}
     atomic_write_json(run_json, out / "run.json")
     save()

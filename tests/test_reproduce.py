@@ -111,6 +111,11 @@ def test_reproduce_a_shadow_model_pooling_the_largest_multipliers(tmp_path, data
     # the shadow's training set: the images after the first 3 of each class
     shadow = load_task("mnist", 3, skip_per_class=3)
     assert not torch.equal(shadow.x_train, load_task("mnist", 3).x_train)
+    # ... and the sweep reconstructs with the shadow's task (its mean), from the run record
+    from recon.rundir import load_run
+    run = load_run(out)
+    assert torch.equal(run.task.x_train, shadow.x_train)
+    assert torch.equal(run.task.mean, shadow.mean)
     ev = card["pool"]
     assert card["config"]["sweep"]["keep"] == ev["keep"] == 0.5
     assert ev["n_candidates"] == 2 * 6  # two trials, half of each trial's 12
