@@ -632,9 +632,8 @@ def audit(
             # in chunks, resuming from the checkpoint, so that the budget is kept to a chunk
             while cur < state["steps"]:
                 t0 = time.perf_counter()
-                res = run_reconstruction(
-                    net, dataclasses.replace(rcfg, steps=min(state["steps"], cur + 250)),
-                    mean=mean, checkpoint=ckpt, device=dev, progress=False)
+                res = run_reconstruction(net, rcfg, stop_at=cur + 250, mean=mean,
+                                         checkpoint=ckpt, device=dev, progress=False)
                 state["elapsed_s"] += time.perf_counter() - t0
                 bar.update(res.step - cur)
                 cur = res.step

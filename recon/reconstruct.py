@@ -709,6 +709,7 @@ def reconstruct(
     checkpoint_every: int = 500,
     device: str | torch.device | None = None,
     progress: bool = True,
+    stop_at: int | None = None,
 ) -> ReconResult:
     """Run the KKT reconstruction against ``model``'s parameters.
 
@@ -726,6 +727,11 @@ def reconstruct(
             if it exists (same config and same weights) the run resumes from it, and
             ``x_init``/``lam_init``/``y`` are ignored in favour of the saved state.
         device: where to run (default: the model's device).
+        stop_at: stop after this many steps of the run (saving the checkpoint), to go on later
+            by calling again with the same config and checkpoint. The run's schedule
+            (``finish_full``, ``refine_share``) stays a share of ``config.steps``, so a run in
+            such chunks is the run in one go; shortening ``config.steps`` per chunk instead
+            would move the switches into every chunk.
 
     Returns a :class:`ReconResult` on the CPU. ``history["stat_rel"]`` is the stationarity
     loss divided by ``||theta||^2``: the fraction of the weights the candidates fail to explain.
@@ -740,22 +746,26 @@ def reconstruct(
     which is projected back (``z += update B``): the same trajectory as optimising ``x`` and
     projecting it onto the span after every step, at a fraction of the cost.
     """
+    if stop_at is not None and stop_at < 0:
+        raise ValueError(f"stop_at is a step of the run, >= 0; got {stop_at}")
     run = _Run(model, config, mean, x_init, lam_init, y, device)
     path = Path(checkpoint) if checkpoint else None
     if path is not None and path.is_file():
         run.resume(path)
-    _loop(run, snapshot_steps, path, checkpoint_every, progress)
+    end = config.steps if stop_at is None else min(stop_at, config.steps)
+    _loop(run, snapshot_steps, path, checkpoint_every, progress, end)
     return run.res
 
 
 def _loop(run: _Run, snapshot_steps, path: Path | None, checkpoint_every: int,
-          progress: bool) -> None:
-    """Step ``run`` to ``config.steps``, logging, snapshotting and checkpointing on the way."""
+          progress: bool, end: int) -> None:
+    """Step ``run`` to step ``end`` (at most ``config.steps``), logging, snapshotting and
+    checkpointing on the way."""
     config, res = run.config, run.res
     t0 = time.perf_counter() - res.wall_time
     if 0 in snapshot_steps and res.step == 0:
         res.snapshots[0] = run.current_x()
-    bar = tqdm(range(res.step, config.steps), desc="reconstruct", disable=not progress,
+    bar = tqdm(range(res.step, end), desc="reconstruct", disable=not progress,
                initial=res.step, total=config.steps)
     # the steps from which the products run in full precision (config.finish_full) and the
     # row space widens (config.refine_share)

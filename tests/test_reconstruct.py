@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -538,6 +540,32 @@ def test_refine_widens_the_row_space_for_the_last_steps(trained, tmp_path, monke
         ReconConfig(refine_share=2.0)
     with pytest.raises(ValueError, match="subspace_tol above refine_tol"):
         ReconConfig(subspace_tol=0.0, refine_share=0.5)  # no row space to widen
+
+
+def test_stop_at_runs_in_chunks_with_the_schedule_of_the_whole_run(trained, tmp_path):
+    """``stop_at``: a run in chunks, each resumed from the checkpoint, is the run in one go,
+    schedule included (the switches are shares of ``config.steps``). Shortening
+    ``config.steps`` per chunk instead moves them into every chunk: a different run."""
+    model, _, _ = trained
+    cfg = _cfg(optimizer="adam", subspace_tol=0.3, log_every=1, steps=20, matmul="bfloat16",
+               dtype="float32", refine_share=0.5, refine_tol=1e-6, finish_full=0.25)
+    one = reconstruct(model, cfg, progress=False)
+    path = tmp_path / "chunks.pt"
+    for b in (4, 8, 12, 16, 20):
+        res = reconstruct(model, cfg, stop_at=b, checkpoint=path, progress=False)
+        assert res.step == b and load_reconstruction(path)[0].step == b
+    assert torch.equal(res.x, one.x) and torch.equal(res.lam, one.lam)
+    assert res.history["loss"] == one.history["loss"]
+    # the same chunks made by shortening the config: each chunk refines early
+    path2 = tmp_path / "shortened.pt"
+    for b in (4, 8, 12, 16, 20):
+        short = reconstruct(model, dataclasses.replace(cfg, steps=b), checkpoint=path2,
+                            progress=False)
+    assert not torch.equal(short.x, one.x)
+    # past the end, stop_at is the end
+    assert reconstruct(model, cfg, stop_at=99, checkpoint=path, progress=False).step == 20
+    with pytest.raises(ValueError, match="stop_at"):
+        reconstruct(model, cfg, stop_at=-1, progress=False)
 
 
 def test_checkpoint_resume_refuses_other_config_or_weights(trained, tmp_path):

@@ -367,13 +367,18 @@ def test_agreement_objective_compares_two_independent_runs(tiny_run):
 
 def test_chunked_trial_matches_one_uninterrupted_run(tiny_run):
     """Intermediate values come from resuming the run chunk by chunk; the result must be the
-    run reconstruct() gives in one go with the same config."""
+    run reconstruct() gives in one go with the same config (checked to fail when each chunk
+    shortens the config's steps, which moved the switch to the wider row space into the
+    first chunk)."""
     from recon.reconstruct import reconstruct
     from recon.sweep.storage import load_run
 
-    summary = run_study(tiny_run, 1, base=ReconConfig(n_candidates=20, steps=40),
-                        study_name="chunks", space="cpu", report_every=10, pruner="none",
-                        progress=False)
+    # with a schedule (the last half in a wider row space), which must stay a share of the
+    # whole run's steps, not of each chunk's
+    base = ReconConfig(n_candidates=20, steps=40, subspace_tol=0.3, refine_share=0.5,
+                       refine_tol=1e-6)
+    summary = run_study(tiny_run, 1, base=base, study_name="chunks", space="cpu",
+                        report_every=10, pruner="none", progress=False)
     art = load_trial(tiny_run / "sweep" / "chunks" / summary["best"]["artefact"])
     model, task, _ = load_run(tiny_run)
     one = reconstruct(model, ReconConfig(**art["config"]), mean=task.mean, progress=False)

@@ -105,7 +105,8 @@ def _objective(ctx: TrialContext, trial) -> float:
     runs = []
     try:
         for b in bounds:
-            runs = [reconstruct(ctx.model, dataclasses.replace(config, steps=b, seed=s),
+            # stop_at, not a shorter config: the run's schedule is a share of all its steps
+            runs = [reconstruct(ctx.model, dataclasses.replace(config, seed=s), stop_at=b,
                                 mean=ctx.task.mean, checkpoint=c, checkpoint_every=steps + 1,
                                 device=ctx.device, progress=False)
                     for s, c in zip(seeds, ckpts)]
