@@ -773,8 +773,9 @@ for e in scan:
 # widens it to the cut-off 3e-3 and adds a prior that makes blends of digits cost more than
 # digits (the Results chapter says why, and how both were chosen on the shadow). It pools
 # eight independent runs on the MNIST model (`python -m recon reproduce mnist --profile
-# full`). Here are its best pairs, read from the committed run card: the reconstruction above
-# its one-to-one matched training image, NCC on top.
+# full`), and of each run only the quarter of its candidates with the largest KKT multipliers,
+# which the weights need most. Here are its best pairs, read from the committed run card: the
+# reconstruction above its one-to-one matched training image, NCC on top.
 
 # %%
 from recon.plots import show_card_figure
