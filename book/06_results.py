@@ -1336,7 +1336,8 @@ keep_rows, by_keep = [], {}
 for who, c in (("shadow", shadow_card), ("victim", tone_card)):
     row = {"model": who, "runs": len(c["pool"]["trials"])}
     for r in c["pool"]["by_keep"]:
-        row[f"{r['keep']:g} of each run"] = f"{r['ncc>0.9']} ({r['test_ncc>0.9']})"
+        share = "all" if r["keep"] == 1 else f"{r['keep']:g}"
+        row[f"{share} of each run"] = f"{r['ncc>0.9']} ({r['test_ncc>0.9']})"
         by_keep[who, r["keep"]] = (r["ncc>0.9"], r["test_ncc>0.9"])
         glue(f"keep_{who}_{r['keep']:g}", r["ncc>0.9"], display=False)
         glue(f"keep_{who}_{r['keep']:g}_test", r["test_ncc>0.9"], display=False)
