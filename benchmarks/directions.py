@@ -57,6 +57,7 @@ from recon.hardware import resolve_precision  # noqa: E402
 from recon.provenance import provenance  # noqa: E402
 from recon.reconstruct import ReconConfig, reconstruct  # noqa: E402
 from recon.rundir import held_out, load_run  # noqa: E402
+from recon.sweep import multiplier_order  # noqa: E402
 from recon.sweep.objectives import kkt_residual  # noqa: E402
 
 
@@ -173,8 +174,7 @@ def by_multiplier(x, lam, task, control, sizes) -> list[dict]:
     """One-to-one counts (NCC > 0.9, against the training set and the test control) of the
     ``k`` candidates with the largest multipliers, for each ``k`` in ``sizes`` (a candidate's
     total multiplier where it has one per wrong class)."""
-    weight = lam.sum(1) if lam.dim() == 2 else lam
-    order = torch.argsort(weight, descending=True)
+    order = multiplier_order(lam)
     rows = []
     for k in sizes:
         keep = x[order[:k]]

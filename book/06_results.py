@@ -1360,7 +1360,6 @@ glue("tone_card_cpu", tone_card["provenance"]["cpu"]["model"]
      + (" (AMX)" if tone_card["provenance"]["cpu"].get("amx_bf16") else ""), display=False)
 for who in ("shadow", "victim"):
     glue(f"keep_{who}_share_all", by_keep[who, 1.0][1] / by_keep[who, 1.0][0], display=False)
-    glue(f"keep_{who}_share", by_keep[who, keep][1] / by_keep[who, keep][0], display=False)
 # the sentences below, checked on the committed numbers
 for who in ("shadow", "victim"):
     kept, every = by_keep[who, keep], by_keep[who, 1.0]

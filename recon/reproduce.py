@@ -315,7 +315,7 @@ def reproduce(
     from .provenance import provenance
     from .reconstruct import ReconConfig
     from .rundir import task_card
-    from .sweep import objective_name, pool_trials, run_study, search_space
+    from .sweep import check_keep, objective_name, pool_trials, run_study, search_space
     from .train import train_task
 
     if profile not in SWEEP_DEFAULTS:
@@ -328,9 +328,7 @@ def reproduce(
     sw["objective"] = objective_name(sw["objective"])
     if sw["trials"] < 1 or sw["pool"] < 1:
         raise ValueError("trials and pool must be >= 1")
-    if not 0 < sw["keep"] <= 1:
-        raise ValueError(f"keep is the share of each trial's candidates to pool, in (0, 1]; "
-                         f"got {sw['keep']}")
+    check_keep(sw["keep"])  # before training, not after the sweep
     if skip_per_class < 0:
         raise ValueError(f"skip_per_class must be >= 0, got {skip_per_class}")
     npc = n_per_class or s["n_per_class"]

@@ -61,7 +61,15 @@ Layout: ``space`` (search spaces), ``storage`` (databases, run directories, tria
 
 from .meta import STUDY_FORMAT
 from .objectives import ATTACKER_OBJECTIVES, OBJECTIVES, kkt_residual, objective_name
-from .report import PoolResult, compare_scores, pool_trials, study_summary, top_by_multiplier
+from .report import (
+    PoolResult,
+    check_keep,
+    compare_scores,
+    multiplier_order,
+    pool_trials,
+    study_summary,
+    top_by_multiplier,
+)
 from .runner import run_study
 from .space import SEARCH_SPACES, SEARCHABLE, search_space
 from .storage import (
@@ -81,6 +89,7 @@ __all__ = [
     "STUDY_FORMAT",
     "TRIAL_FORMAT",
     "PoolResult",
+    "check_keep",
     "compare_scores",
     "default_storage_url",
     "default_study_name",
@@ -88,6 +97,7 @@ __all__ = [
     "load_study",
     "load_trial",
     "make_storage",
+    "multiplier_order",
     "objective_name",
     "pool_trials",
     "run_study",

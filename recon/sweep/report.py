@@ -114,17 +114,30 @@ class PoolResult:
         }
 
 
+def multiplier_order(lam: torch.Tensor) -> torch.Tensor:
+    """The candidates' indices, largest multiplier first (a candidate's total where it has one
+    per wrong class; ties keep their order)."""
+    weight = lam.sum(1) if lam.dim() == 2 else lam
+    return torch.argsort(weight, descending=True, stable=True)
+
+
+def check_keep(keep: float) -> None:
+    """``keep`` must be a share of a trial's candidates, in (0, 1]."""
+    if not 0 < keep <= 1:
+        raise ValueError(f"keep is the share of each trial's candidates to pool, in (0, 1]; "
+                         f"got {keep}")
+
+
 def top_by_multiplier(x: torch.Tensor, lam: torch.Tensor, keep: float) -> torch.Tensor:
     """The ``ceil(keep * m)`` of the ``m`` candidates ``x`` with the largest multipliers
-    ``lam`` (a candidate's total where it has one per wrong class), largest first; all of
-    them, in their order, for ``keep`` = 1."""
+    ``lam`` (:func:`multiplier_order`), largest first; all of them, in their order, for
+    ``keep`` = 1."""
     if keep >= 1:
         return x
     if lam.shape[0] != x.shape[0]:
         raise ValueError(f"{x.shape[0]} candidates but {lam.shape[0]} multipliers")
-    weight = lam.sum(1) if lam.dim() == 2 else lam
     k = max(1, math.ceil(keep * len(x)))
-    return x[torch.argsort(weight, descending=True, stable=True)[:k]]
+    return x[multiplier_order(lam)[:k]]
 
 
 def pool_trials(
@@ -163,9 +176,7 @@ def pool_trials(
     if task is None:
         task = load_run(run).task
     sdir = sweep_dir(run) / study.study_name
-    if not 0 < keep <= 1:
-        raise ValueError(f"keep is the share of each trial's candidates to pool, in (0, 1]; "
-                         f"got {keep}")
+    check_keep(keep)
     if rank_by is not None and rank_by not in ("paper_score", "kkt_residual"):
         raise ValueError(f"rank_by must be 'paper_score' or 'kkt_residual', got {rank_by!r}")
     complete = sorted((t for t in study.get_trials(deepcopy=False)
