@@ -244,6 +244,7 @@ def cmd_reproduce(args) -> None:
         reproduce(args.task, args.profile, args.out, n_per_class=args.n_per_class,
                   epochs=args.epochs, weight_decay=args.weight_decay, trials=args.trials,
                   pool=args.pool, keep=args.keep, skip_per_class=args.skip_per_class,
+                  candidates_per_image=args.candidates_per_image,
                   steps=args.steps, objective=args.objective, space=args.space,
                   tv=args.tv, matmul=args.matmul, device=args.device,
                   progress=not args.quiet)
@@ -487,6 +488,9 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--keep", type=float,
                     help="pool only this share of each trial's candidates, those with the "
                          "largest multipliers (default: the profile's; 1 = all)")
+    rp.add_argument("--candidates-per-image", type=int, metavar="K",
+                    help="candidates of each reconstruction run, m = K n (default: the "
+                         "profile's; the paper's is 2)")
     rp.add_argument("--skip-per-class", type=int, default=0,
                     help="a shadow model: train on the images after the first K of each class "
                          "(card under results/shadow/ by default)")

@@ -74,10 +74,15 @@ PROFILES.update({
             # two-tone prior, which penalises blends of digits (chosen on the same shadow)
             "recon": ReconConfig(steps=3000, subspace_tol=1e-2, two_tone=1.0, refine_share=0.67,
                                  refine_tol=3e-3, log_every=50),
-            # pool only the quarter of each run's 2n candidates with the largest multipliers
-            # (n/2): on the shadow they held about 75% of a run's digits and none of its
-            # matches to unseen test digits (Results chapter; `recon reproduce`'s `keep`)
+            # pool only the quarter of each run's candidates with the largest multipliers: on
+            # the shadow they held about 75% of a run's digits and none of its matches to
+            # unseen test digits (Results chapter; `recon reproduce`'s `keep`)
             "keep": 0.25,
+            # four runs of m = 4n candidates instead of eight of the paper's 2n, the same time:
+            # the top quarter of one 4n run held more of the shadow's digits than the top
+            # quarters of two 2n runs (Results chapter)
+            "candidates_per_image": 4,
+            "sweep": {"trials": 4, "pool": 4},
         },
         "cifar10": {
             "n_per_class": 250,
@@ -129,7 +134,8 @@ def describe() -> str:
 def settings(name: str, profile: str | None = None) -> dict:
     """The profile's settings for a task: ``n_per_class``, ``train`` and ``recon`` configs, and
     where the profile pools only part of each run's candidates, ``keep`` (see
-    :func:`recon.reproduce.reproduce`)."""
+    :func:`recon.reproduce.reproduce`), ``candidates_per_image`` (``m = K n``, default 2)
+    and ``sweep`` (its own ``trials`` and ``pool``)."""
     profile = profile or profile_name()
     try:
         return PROFILES[profile][name]

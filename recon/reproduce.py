@@ -277,6 +277,7 @@ def reproduce(
     trials: int | None = None,
     pool: int | None = None,
     keep: float | None = None,
+    candidates_per_image: int | None = None,
     steps: int | None = None,
     objective: str | None = None,
     space: str | None = None,
@@ -301,6 +302,9 @@ def reproduce(
     ``keep`` pools only that share of each trial's candidates, those with the largest
     multipliers (:func:`recon.sweep.pool_trials`; default: the profile's, 1 = all);
     the card also counts the pool at the other shares of :data:`KEEP_SHARES`.
+    ``candidates_per_image`` sets the number of candidates of each run, ``m = K n`` (default:
+    the profile's, 2, as in the paper); a profile may also set its own ``trials`` and
+    ``pool`` per task (``settings(...)["sweep"]``).
     ``skip_per_class`` trains a *shadow* model on the images after the first
     ``skip_per_class`` of each class (as ``python -m recon train --skip-per-class``): a model
     of the same kind on other images, on which an attacker may look at the training set to
@@ -323,12 +327,18 @@ def reproduce(
     s = settings(task, profile)
     sw = dict(SWEEP_DEFAULTS[profile])
     sw["keep"] = s.get("keep", 1.0)
+    sw.update(s.get("sweep", {}))
     sw.update({k: v for k, v in {"trials": trials, "pool": pool, "objective": objective,
                                  "space": space, "keep": keep}.items() if v is not None})
     sw["objective"] = objective_name(sw["objective"])
     if sw["trials"] < 1 or sw["pool"] < 1:
         raise ValueError("trials and pool must be >= 1")
     check_keep(sw["keep"])  # before training, not after the sweep
+    per_image = (candidates_per_image if candidates_per_image is not None
+                 else s.get("candidates_per_image", 2))
+    if isinstance(per_image, bool) or not isinstance(per_image, int) or per_image < 1:
+        raise ValueError(f"candidates_per_image must be an integer >= 1 (m = K n candidates "
+                         f"per run; the paper's is 2), got {per_image!r}")
     if skip_per_class < 0:
         raise ValueError(f"skip_per_class must be >= 0, got {skip_per_class}")
     npc = n_per_class or s["n_per_class"]
@@ -337,7 +347,7 @@ def reproduce(
         if v is not None}, **(train_overrides or {}))
     data = flip_labels(load_task(task, npc, skip_per_class=skip_per_class), label_noise,
                        seed=tcfg.seed)
-    rcfg = ReconConfig(**{**s["recon"].to_dict(), "n_candidates": 2 * data.n,
+    rcfg = ReconConfig(**{**s["recon"].to_dict(), "n_candidates": per_image * data.n,
                           **({"steps": steps} if steps else {}),
                           **({"tv": tv} if tv is not None else {}),
                           **({"all_classes": all_classes} if all_classes is not None else {}),
