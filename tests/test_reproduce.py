@@ -96,14 +96,16 @@ def test_reproduce_a_shadow_model_pooling_the_largest_multipliers(tmp_path, data
                                                                    monkeypatch):
     """``--skip-per-class`` trains on other images of the task (a shadow model, card under
     results/shadow/), and ``--keep`` pools only each trial's candidates with the largest
-    multipliers; the card counts the pool at every share of KEEP_SHARES beside it."""
+    multipliers; the card counts the pool at every share of KEEP_SHARES beside it.
+    ``--candidates-per-image 3`` runs m = 3n candidates per trial."""
     from recon.data import load_task
     from recon.reproduce import KEEP_SHARES
     from recon.sweep import load_trial, top_by_multiplier
 
     monkeypatch.setenv("RECON_DATA_DIR", str(data_dir))
     monkeypatch.chdir(tmp_path)
-    assert main(["reproduce", "mnist", "--skip-per-class", "3", "--keep", "0.5", *TINY]) == 0
+    assert main(["reproduce", "mnist", "--skip-per-class", "3", "--keep", "0.5",
+                 "--candidates-per-image", "3", *TINY]) == 0
     out = tmp_path / "results" / "shadow" / "mnist-quick-n6"
     card = read_card(out)
     assert card["task"]["skip_per_class"] == 3
@@ -118,12 +120,13 @@ def test_reproduce_a_shadow_model_pooling_the_largest_multipliers(tmp_path, data
     assert torch.equal(run.task.mean, shadow.mean)
     ev = card["pool"]
     assert card["config"]["sweep"]["keep"] == ev["keep"] == 0.5
-    assert ev["n_candidates"] == 2 * 6  # two trials, half of each trial's 12
+    assert card["config"]["recon_base"]["n_candidates"] == 18  # m = 3n
+    assert ev["n_candidates"] == 2 * 9  # two trials, half of each trial's 18
     assert "largest multipliers" in card["selection"]
     assert "0.5 of each by multiplier" in summary_table([card])
     rows = {r["keep"]: r for r in ev["by_keep"]}
     assert sorted(rows) == sorted(KEEP_SHARES)
-    assert [rows[k]["n_candidates"] for k in KEEP_SHARES] == [4, 6, 12, 24]
+    assert [rows[k]["n_candidates"] for k in KEEP_SHARES] == [6, 10, 18, 36]  # 2 ceil(18 k)
     # the chosen share's row is the card's own count; the pooled candidates are each
     # trial's top half by multiplier, scored against the shadow's training images
     assert rows[0.5]["ncc>0.9"] == ev["counts"]["pool"]["one_to_one"]["ncc>0.9"]
@@ -132,6 +135,7 @@ def test_reproduce_a_shadow_model_pooling_the_largest_multipliers(tmp_path, data
     sdir = out / "sweep" / card["sweep"]["study_name"]
     kept = torch.cat([top_by_multiplier(a["x"], a["lam"], 0.5) for a in
                       (load_trial(sdir / f"trial-{t:05d}.pt") for t in ev["trials"])])
+    assert kept.shape[0] == 18
     again = evaluate(kept, shadow.x_train, shadow.mean, matching="one_to_one")
     assert again.counts() == ev["counts"]["pool"]["one_to_one"]
 
@@ -145,6 +149,22 @@ def test_cli_passes_the_tv_override_to_reproduce(monkeypatch):
     assert seen["tv"] == 0.02
     assert main(["reproduce", "mnist", "--quiet"]) == 0
     assert seen["tv"] is None  # no override: the profile's value
+
+
+def test_cli_passes_candidates_per_image_and_reproduce_checks_it(monkeypatch, tmp_path):
+    import recon.reproduce
+
+    seen = {}
+    real = recon.reproduce.reproduce
+    monkeypatch.setattr(recon.reproduce, "reproduce", lambda *a, **kw: seen.update(kw))
+    assert main(["reproduce", "mnist", "--candidates-per-image", "4", "--quiet"]) == 0
+    assert seen["candidates_per_image"] == 4
+    assert main(["reproduce", "mnist", "--quiet"]) == 0
+    assert seen["candidates_per_image"] is None  # the profile's
+    for bad in (0, 2.5, True):  # refused before anything is trained or written
+        with pytest.raises(ValueError, match="candidates_per_image must be an integer >= 1"):
+            real("mnist", "quick", tmp_path / "out", candidates_per_image=bad)
+    assert not (tmp_path / "out").exists()
 
 
 def test_read_card_rejects_other_json(tmp_path):
