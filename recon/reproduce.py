@@ -241,6 +241,22 @@ def _by_keep(out: Path, k: int, study_name: str, data) -> list[dict]:
     return rows
 
 
+def _by_runs(out: Path, k: int, study_name: str, data, keep: float) -> list[dict]:
+    """One-to-one counts above NCC 0.9 (training set and test control) of the pool of the best
+    ``j`` trials, for ``j`` = 1 .. ``k``, each trial's share ``keep``: how the pool grows with
+    runs, which says whether more runs of the recipe would find more."""
+    from .evaluate import evaluate
+    from .sweep import pool_trials
+
+    rows = []
+    for j in range(1, k + 1):
+        p = pool_trials(out, j, study_name=study_name, task=data, keep=keep, write=False)
+        te = evaluate(p.candidates, data.x_test[:data.n], data.mean, matching="one_to_one")
+        rows.append({"runs": j, "ncc>0.9": p.pool["one_to_one"].count(ncc_above=0.9),
+                     "test_ncc>0.9": te.count(ncc_above=0.9)})
+    return rows
+
+
 def _plot(card: dict, pool_eval, out: Path, max_pairs: int) -> None:
     import matplotlib.pyplot as plt
 
@@ -431,7 +447,9 @@ def reproduce(
     card["pool"] = {"trials": pooled.trials, "best_trial": pooled.best_trial,
                     "keep": sw["keep"], "n_candidates": pooled.pool["paper"].n_candidates,
                     "counts": pooled.counts(), "test_control": control.counts(),
-                    "by_keep": _by_keep(out, sw["pool"], summary["study_name"], data)}
+                    "by_keep": _by_keep(out, sw["pool"], summary["study_name"], data),
+                    "by_runs": _by_runs(out, sw["pool"], summary["study_name"], data,
+                                        sw["keep"])}
     card.pop("pool_oracle", None)  # a resumed card's, from another pool size
     if sw["objective"] != "oracle" and sw["pool"] < sw["trials"]:
         # the attacker's choice, and the oracle's beside it (where there was a choice)

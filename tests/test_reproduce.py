@@ -136,6 +136,12 @@ def test_reproduce_a_shadow_model_pooling_the_largest_multipliers(tmp_path, data
     kept = torch.cat([top_by_multiplier(a["x"], a["lam"], 0.5) for a in
                       (load_trial(sdir / f"trial-{t:05d}.pt") for t in ev["trials"])])
     assert kept.shape[0] == 18
+    # the pool's growth with runs: the best one, then both (the card's own count)
+    runs = ev["by_runs"]
+    assert [r["runs"] for r in runs] == [1, 2]
+    assert (runs[-1]["ncc>0.9"], runs[-1]["test_ncc>0.9"]) == (rows[0.5]["ncc>0.9"],
+                                                               rows[0.5]["test_ncc>0.9"])
+    assert runs[0]["ncc>0.9"] <= runs[1]["ncc>0.9"]
     again = evaluate(kept, shadow.x_train, shadow.mean, matching="one_to_one")
     assert again.counts() == ev["counts"]["pool"]["one_to_one"]
 
