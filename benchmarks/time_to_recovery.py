@@ -5,7 +5,8 @@ recipes, each with log-spaced snapshots counted one-to-one against the training 
 against as many held-out test images (the control):
 
 * **book**: the reconstruction recipe of the run's card (``config.recon_base``: Adam, the
-  valid-range box, candidates in the first layer's row space, the card's cut-off and steps);
+  valid-range box, candidates in the first layer's row space, the card's cut-off, steps and
+  number of candidates);
 * **paper**: the paper's reconstruction (:meth:`recon.reconstruct.ReconConfig.paper`): its loss
   in pixel space, SGD with momentum, the [-1, 1] box, full precision, 50,000 steps, with the
   hyperparameters of its good runs (lr_x 0.1, init_scale 1e-2, lambda_min 0.45, alpha 20, all
@@ -52,9 +53,16 @@ def variants(run_dir: Path, paper_steps: int) -> list[str]:
     if not card:
         raise SystemExit(f"error: {run_dir} is not a reproduce directory (no card.json); make "
                          "one with `python -m recon reproduce TASK --out DIR`")
+    return card_variants(card, paper_steps)
+
+
+def card_variants(card: dict, paper_steps: int) -> list[str]:
+    """The ``--variant`` specs of the card's recipe ("book") and the paper's."""
     book = {**ReconConfig().to_dict(), **card["config"]["recon_base"]}
     paper = ReconConfig.paper(steps=paper_steps).to_dict()
-    return [_spec("book", book), _spec("paper", paper)]
+    # the card's candidates per training image (the full MNIST profile's 4n); the paper's 2n
+    per_n = book["n_candidates"] / card["task"]["n"]
+    return [_spec("book", book) + f",m_per_n={per_n:g}", _spec("paper", paper) + ",m_per_n=2"]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -94,3 +94,11 @@ def test_time_to_recovery_runs_the_cards_whole_recipe(load_benchmark):
                                                                       "log_every"}
         assert differs <= set(back), (task, differs - set(back))
         assert all(back[k] == recipe[k] for k in differs), task
+    # the card's number of candidates per image (4n on the full MNIST card), the paper's 2n
+    card = {"task": {"n": 500}, "config": {"recon_base": PROFILES["full"]["mnist"][
+        "recon"].to_dict() | {"n_candidates": 2000}}}
+    book, paper = (ablation.parse_overrides(v.partition(":")[2].split(","))
+                   for v in ttr.card_variants(card, 50))
+    assert book["m_per_n"] == 4 and paper["m_per_n"] == 2
+    task = type("Task", (), {"n": 500})()
+    assert ablation._config(task, 10, 0, book).n_candidates == 2000
