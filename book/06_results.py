@@ -1418,7 +1418,7 @@ for who, c in (("shadow", shadow_card), ("victim", tone_card)):
         glue(f"keep_{who}_{r['keep']:g}_test", r["test_ncc>0.9"], display=False)
     keep_rows.append(row)
 display(Markdown(markdown_table(keep_rows)))
-print("one-to-one NCC > 0.9 of the pooled runs, keeping that share of each run's 2n candidates, "
+print("one-to-one NCC > 0.9 of the pooled runs, keeping that share of each run's candidates, "
       "largest multipliers first (test control in brackets) | measured on:",
       ", ".join(sorted({c["provenance"]["cpu"]["model"] for c in (shadow_card, tone_card)})))
 keep = tone_card["config"]["sweep"]["keep"]
@@ -1453,7 +1453,7 @@ assert 80 <= tone_card_n9 < 100  # "short of 100"
 # ({glue:text}`keep_shadow_share_all:.0%` of the count), and half of each run already
 # {glue:text}`keep_shadow_0.5` with {glue:text}`keep_shadow_0.5_test`. On the victim, with
 # nothing chosen there, the card recovers {glue:text}`tone_card_n9` of the 500 training digits
-# one-to-one above NCC 0.9, with {glue:text}`tone_card_test9` test digits for the same
+# one-to-one above NCC 0.9, with a test control of {glue:text}`tone_card_test9` for the same
 # candidates ({glue:text}`tone_card_share:.0%` of the count), in
 # {glue:text}`tone_card_min:.0f` minutes of reconstruction on two cores of
 # {glue:text}`tone_card_cpu` (training took another {glue:text}`tone_card_train_min:.0f`
@@ -1511,7 +1511,7 @@ for who in ("shadow", "victim"):
 # the gain is the longer budget that the wider runs spend well.
 #
 # On the victim the gain did not carry over. Its card pools {glue:text}`tone_card_n9` digits
-# with {glue:text}`tone_card_test9` test digits, against {glue:text}`prev_victim`
+# with a test control of {glue:text}`tone_card_test9`, against {glue:text}`prev_victim`
 # ({glue:text}`prev_victim_test`) for the previous profile, in {glue:text}`tone_card_min:.0f`
 # minutes instead of 19, and its pool had almost stopped growing after four runs
 # ({glue:text}`runs_victim_4`). Both profiles bring back about 90 of the victim's digits with a
