@@ -266,9 +266,12 @@ def _plot(card: dict, pool_eval, out: Path, max_pairs: int) -> None:
     set_style()
     order = torch.argsort(pool_eval.ncc, descending=True)[:max_pairs]
     t = card["task"]
+    # a shadow model's figures say so: its images are not the paper's training set
+    who = (f"{t['name']} shadow (images after the first {t['skip_per_class']} of each class)"
+           if t.get("skip_per_class") else t["name"])
     fig = plot_pairs(pool_eval.recon[order], pool_eval.original[order],
                      pool_eval.ncc[order].tolist(), max_pairs=max_pairs, score_name="NCC",
-                     title=f"{t['name']}, n = {t['n']} ({card['profile']}): best pooled "
+                     title=f"{who}, n = {t['n']} ({card['profile']}): best pooled "
                            "reconstructions, one-to-one")
     fig.savefig(out / "pairs.png", dpi=90)
     plt.close(fig)
@@ -276,7 +279,7 @@ def _plot(card: dict, pool_eval, out: Path, max_pairs: int) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
     plot_margin_scatter(axes[0], card["margins"], "margin", "ncc")
     plot_margin_scatter(axes[1], card["margins"], "lam", "ncc")
-    fig.suptitle(f"{t['name']}, n = {t['n']}: which training images come back?", fontsize=10)
+    fig.suptitle(f"{who}, n = {t['n']}: which training images come back?", fontsize=10)
     fig.tight_layout()
     fig.savefig(out / "margins.png", dpi=90)
     plt.close(fig)
