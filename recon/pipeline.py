@@ -134,8 +134,8 @@ def describe() -> str:
 def settings(name: str, profile: str | None = None) -> dict:
     """The profile's settings for a task: ``n_per_class``, ``train`` and ``recon`` configs, and
     where the profile pools only part of each run's candidates, ``keep`` (see
-    :func:`recon.reproduce.reproduce`), ``candidates_per_image`` (``m = K n``, default 2)
-    and ``sweep`` (its own ``trials`` and ``pool``)."""
+    :func:`recon.reproduce.reproduce`), and ``candidates_per_image`` (``m = K n``, default
+    2)."""
     profile = profile or profile_name()
     try:
         return PROFILES[profile][name]

@@ -224,36 +224,34 @@ def _keep_note(keep: float) -> str:
             "(weights only)")
 
 
-def _by_keep(out: Path, k: int, study_name: str, data) -> list[dict]:
-    """One-to-one counts above NCC 0.9 of the pool of the best ``k`` trials, against the
-    training set and the test control, keeping each share of :data:`KEEP_SHARES` of every
-    trial's candidates."""
+def _pool_counts(out: Path, k: int, study_name: str, data, keep: float) -> dict:
+    """The size and one-to-one counts above NCC 0.9 (training set and test control) of the
+    pool of the best ``k`` trials, each trial's share ``keep``."""
     from .evaluate import evaluate
     from .sweep import pool_trials
 
-    rows = []
-    for share in KEEP_SHARES:
-        p = pool_trials(out, k, study_name=study_name, task=data, keep=share, write=False)
-        te = evaluate(p.candidates, data.x_test[:data.n], data.mean, matching="one_to_one")
-        rows.append({"keep": share, "n_candidates": int(len(p.candidates)),
-                     "ncc>0.9": p.pool["one_to_one"].count(ncc_above=0.9),
-                     "test_ncc>0.9": te.count(ncc_above=0.9)})
-    return rows
+    p = pool_trials(out, k, study_name=study_name, task=data, keep=keep, write=False)
+    te = evaluate(p.candidates, data.x_test[:data.n], data.mean, matching="one_to_one")
+    return {"n_candidates": int(len(p.candidates)),
+            "ncc>0.9": p.pool["one_to_one"].count(ncc_above=0.9),
+            "test_ncc>0.9": te.count(ncc_above=0.9)}
+
+
+def _by_keep(out: Path, k: int, study_name: str, data) -> list[dict]:
+    """:func:`_pool_counts` of the best ``k`` trials, keeping each share of
+    :data:`KEEP_SHARES` of every trial's candidates."""
+    return [{"keep": share, **_pool_counts(out, k, study_name, data, share)}
+            for share in KEEP_SHARES]
 
 
 def _by_runs(out: Path, k: int, study_name: str, data, keep: float) -> list[dict]:
     """One-to-one counts above NCC 0.9 (training set and test control) of the pool of the best
     ``j`` trials, for ``j`` = 1 .. ``k``, each trial's share ``keep``: how the pool grows with
     runs, which says whether more runs of the recipe would find more."""
-    from .evaluate import evaluate
-    from .sweep import pool_trials
-
     rows = []
     for j in range(1, k + 1):
-        p = pool_trials(out, j, study_name=study_name, task=data, keep=keep, write=False)
-        te = evaluate(p.candidates, data.x_test[:data.n], data.mean, matching="one_to_one")
-        rows.append({"runs": j, "ncc>0.9": p.pool["one_to_one"].count(ncc_above=0.9),
-                     "test_ncc>0.9": te.count(ncc_above=0.9)})
+        c = _pool_counts(out, j, study_name, data, keep)
+        rows.append({"runs": j, "ncc>0.9": c["ncc>0.9"], "test_ncc>0.9": c["test_ncc>0.9"]})
     return rows
 
 
@@ -322,8 +320,7 @@ def reproduce(
     multipliers (:func:`recon.sweep.pool_trials`; default: the profile's, 1 = all);
     the card also counts the pool at the other shares of :data:`KEEP_SHARES`.
     ``candidates_per_image`` sets the number of candidates of each run, ``m = K n`` (default:
-    the profile's, 2, as in the paper); a profile may also set its own ``trials`` and
-    ``pool`` per task (``settings(...)["sweep"]``).
+    the profile's, 2, as in the paper).
     ``skip_per_class`` trains a *shadow* model on the images after the first
     ``skip_per_class`` of each class (as ``python -m recon train --skip-per-class``): a model
     of the same kind on other images, on which an attacker may look at the training set to
@@ -346,7 +343,6 @@ def reproduce(
     s = settings(task, profile)
     sw = dict(SWEEP_DEFAULTS[profile])
     sw["keep"] = s.get("keep", 1.0)
-    sw.update(s.get("sweep", {}))
     sw.update({k: v for k, v in {"trials": trials, "pool": pool, "objective": objective,
                                  "space": space, "keep": keep}.items() if v is not None})
     sw["objective"] = objective_name(sw["objective"])
