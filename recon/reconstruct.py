@@ -68,6 +68,7 @@ __all__ = [
     "stationarity_loss",
     "total_variation",
     "two_tone_cost",
+    "kink_cost",
     "first_layer_basis",
     "balanced_labels",
     "reconstruct",
@@ -82,7 +83,8 @@ RECON_FORMAT = "recon-reconstruction/1"
 # with (public: the sweep uses it to join studies started before a field existed)
 ADDED_FIELDS = {"tv": 0.0, "subspace_tol": 0.0, "matmul": "full", "all_classes": False,
                 "free_gates": 0.0, "lr_gate": 0.01, "free_gates_shape": "band",
-                "finish_full": 0.0, "two_tone": 0.0, "refine_share": 0.0, "refine_tol": 3e-3}
+                "finish_full": 0.0, "two_tone": 0.0, "refine_share": 0.0, "refine_tol": 3e-3,
+                "kinks": 0.0, "kink_scale": 1e-3}
 # a run whose stationarity residual ends above this many times ||theta||^2 exploded (a random
 # start is at about 1; working runs end near 0.01)
 EXPLODED_STAT_REL = 10.0
@@ -149,6 +151,12 @@ class ReconConfig:
     free_gates: float = 0.0
     lr_gate: float = 0.01
     free_gates_shape: str = "band"  # "band" | "smooth" (see Stationarity's free_shape)
+    # weight of the kink prior, relative to ||theta||^2 (0: off): the mean over candidates and
+    # first-layer units of 1 - exp(-|pre-activation| / kink_scale), which rewards candidates
+    # that sit on the first layer's hyperplanes, as training images do (kink_cost; the
+    # Results chapter measures it)
+    kinks: float = 0.0
+    kink_scale: float = 1e-3
 
     def __post_init__(self) -> None:
         if self.n_candidates < 2:
@@ -168,6 +176,10 @@ class ReconConfig:
             raise ValueError(f"tv must be a finite number >= 0, got {self.tv!r}")
         if not (self.two_tone >= 0 and self.two_tone < float("inf")):
             raise ValueError(f"two_tone must be a finite number >= 0, got {self.two_tone!r}")
+        if not (self.kinks >= 0 and self.kinks < float("inf")):
+            raise ValueError(f"kinks must be a finite number >= 0, got {self.kinks!r}")
+        if not self.kink_scale > 0:
+            raise ValueError(f"kink_scale must be positive, got {self.kink_scale!r}")
         if not (0 <= self.free_gates < float("inf")):
             raise ValueError(f"free_gates must be a finite number >= 0, got {self.free_gates!r}")
         if self.free_gates_shape not in ("band", "smooth"):
@@ -336,16 +348,16 @@ def kkt_loss_terms(
     theta2: float | None = None,
     mean: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """The loss terms and their sum: ``{"stat", "lam", "prior", "tv", "tone", "loss"}``.
+    """The loss terms and their sum: ``{"stat", "lam", "prior", "tv", "tone", "kink", "loss"}``.
 
-    ``theta2`` (``||theta||^2``, computed if not given) scales the optional TV and two-tone
-    priors so that their weights ``config.tv`` and ``config.two_tone`` do not depend on the
+    ``theta2`` (``||theta||^2``, computed if not given) scales the optional TV, two-tone and
+    kink priors so that their weights (``config.tv``, ``two_tone``, ``kinks``) do not depend on the
     scale of the weights. ``mean``: the training mean, needed for the two-tone prior.
     """
     stat = stationarity_loss(model, x, lam, y, config.alpha)
     lam_pen = 5 * torch.relu(config.lambda_min - lam).pow(2).sum()
     prior = torch.relu(x - hi).pow(2).sum() + torch.relu(lo - x).pow(2).sum()
-    if theta2 is None and (config.tv > 0 or config.two_tone > 0):
+    if theta2 is None and (config.tv > 0 or config.two_tone > 0 or config.kinks > 0):
         theta2 = model.theta_norm2(None)
     if config.tv > 0:
         tv = config.tv * theta2 * total_variation(x).mean()
@@ -355,8 +367,12 @@ def kkt_loss_terms(
         tone = config.two_tone * theta2 * two_tone_cost(x + _tone_mean(mean, x)).mean()
     else:
         tone = torch.zeros((), dtype=x.dtype, device=x.device)
-    return {"stat": stat, "lam": lam_pen, "prior": prior, "tv": tv, "tone": tone,
-            "loss": stat + lam_pen + prior + tv + tone}
+    if config.kinks > 0:
+        kink = config.kinks * theta2 * kink_cost(model, x, config.kink_scale).mean()
+    else:
+        kink = torch.zeros((), dtype=x.dtype, device=x.device)
+    return {"stat": stat, "lam": lam_pen, "prior": prior, "tv": tv, "tone": tone, "kink": kink,
+            "loss": stat + lam_pen + prior + tv + tone + kink}
 
 
 def two_tone_cost(pixels: torch.Tensor) -> torch.Tensor:
@@ -366,6 +382,18 @@ def two_tone_cost(pixels: torch.Tensor) -> torch.Tensor:
     ``1 - t`` times ``b``'s, more wherever one has ink and the other paper."""
     q = pixels.clamp(0, 1).flatten(1)
     return (q * (1 - q)).mean(1)
+
+
+def kink_cost(model: MLP, x: torch.Tensor, scale: float = 1e-3) -> torch.Tensor:
+    """The kink prior of each candidate, ``mean_k 1 - exp(-|w_k . x + b_k| / scale)`` over the
+    first layer's units ``k``: ``(m,)``, in [0, 1). Near 0 for an input that sits on many of
+    the first layer's hyperplanes (where the ReLU has its kink), as training images of a model
+    trained with weight decay do (``recon.probes.kink_membership``); a blend ``t a + (1 - t) b``
+    of two such images sits only where both do."""
+    layer = model.layers[0]
+    z = x.flatten(1).to(layer.weight) @ layer.weight.detach().T + layer.bias.detach()
+    # clamped: exp of a large negative argument is subnormal, and slow on a CPU
+    return (1 - torch.exp(-(z.abs() / scale).clamp(max=30))).mean(1).to(x.dtype)
 
 
 def _tone_mean(mean: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
@@ -448,7 +476,7 @@ def load_reconstruction(path: str | os.PathLike) -> tuple[ReconResult, dict]:
         )
     except (KeyError, TypeError) as e:
         raise ValueError(f"{path} is an incomplete reconstruction file: {e!r}") from e
-    for key in ("tv", "tone"):  # written before the TV or the two-tone prior existed
+    for key in ("tv", "tone", "kink"):  # written before the TV, two-tone or kink prior existed
         if key not in res.history:
             res.history[key] = [0.0] * len(res.history.get("step", []))
     return res, raw
@@ -549,7 +577,7 @@ class _Run:
             self.gates = torch.full((m, width), 0.5, dtype=dtype, device=device)
             self.gates.requires_grad_(True)
             self.opts = (*self.opts, torch.optim.Adam([self.gates], lr=config.lr_gate))
-        keys = ("step", "loss", "stat", "stat_rel", "lam_pen", "prior", "tv", "tone")
+        keys = ("step", "loss", "stat", "stat_rel", "lam_pen", "prior", "tv", "tone", "kink")
         self.res = ReconResult(x0.cpu(), self.lam, y.cpu(), config, {k: [] for k in keys})
 
     def _stationarity(self) -> Stationarity:
@@ -666,8 +694,18 @@ class _Run:
                 g_pix = g_pix + w * (1 - 2 * q) * ((p > 0) & (p < 1))
         else:
             tone = torch.zeros((), dtype=self.dtype, device=self.device)
-        terms = {"loss": stat + lam_pen + prior + tv + tone, "stat": stat, "lam_pen": lam_pen,
-                 "prior": prior, "tv": tv, "tone": tone}
+        if config.kinks > 0:  # w mean 1 - exp(-|z| / s), z the first layer's pre-activations
+            with torch.no_grad():
+                layer = self.net.layers[0]
+                z = x @ layer.weight.T + layer.bias
+                e = torch.exp(-(z.abs() / config.kink_scale).clamp(max=30))
+                w = config.kinks * self.theta2 / z.numel()
+                kink = w * (1 - e).sum()
+                g_pix = g_pix + (w / config.kink_scale) * (torch.sign(z) * e) @ layer.weight
+        else:
+            kink = torch.zeros((), dtype=self.dtype, device=self.device)
+        terms = {"loss": stat + lam_pen + prior + tv + tone + kink, "stat": stat,
+                 "lam_pen": lam_pen, "prior": prior, "tv": tv, "tone": tone, "kink": kink}
         if not torch.isfinite(terms["loss"]):
             return terms  # the caller raises; nothing is updated
         with torch.no_grad():

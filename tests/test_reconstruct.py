@@ -16,6 +16,7 @@ from recon.reconstruct import (
     _Run,
     balanced_labels,
     first_layer_basis,
+    kink_cost,
     kkt_loss_terms,
     load_reconstruction,
     reconstruct,
@@ -121,7 +122,7 @@ def test_kkt_loss_terms_known_values():
     y = balanced_labels(2, torch.float64)
     cfg = _cfg(n_candidates=2, lambda_min=0.45)
     terms = kkt_loss_terms(model, x, lam, y, cfg, -1.0, 1.0)
-    assert set(terms) == {"stat", "lam", "prior", "tv", "tone", "loss"}
+    assert set(terms) == {"stat", "lam", "prior", "tv", "tone", "kink", "loss"}
     assert terms["tv"].item() == 0.0  # the TV prior is off by default
     assert terms["tone"].item() == 0.0  # so is the two-tone prior
     assert terms["lam"].item() == pytest.approx(5 * 0.35**2)  # only lam_0 < lambda_min
@@ -192,6 +193,53 @@ def test_two_tone_prior_known_values_and_blends_cost_more():
     cost = [kkt_loss_terms(model, v - mean, lam[:1], y[:1], one, -10.0, 10.0, 1.0,
                            mean)["tone"].item() for v in (a, b, 0.7 * a + 0.3 * b)]
     assert cost[0] == cost[1] == 0.0 and cost[2] == pytest.approx(0.21 / 2)
+
+
+def test_kink_prior_known_values_and_blends_cost_more():
+    """The kink prior of an input on k of the first layer's hyperplanes, and of a blend of two
+    inputs on different hyperplanes, which sits on neither's."""
+    model = MLP((2,), (2,), init_scale=1.0).double()
+    with torch.no_grad():  # unit 0: the plane x0 = 0; unit 1: the plane x1 = 1
+        model.layers[0].weight.copy_(torch.eye(2, dtype=torch.float64))
+        model.layers[0].bias.copy_(torch.tensor([0.0, -1.0], dtype=torch.float64))
+    a = torch.tensor([[0.0, 3.0]], dtype=torch.float64)  # on plane 0 only
+    b = torch.tensor([[2.0, 1.0]], dtype=torch.float64)  # on plane 1 only
+    s = 0.5
+    cost = kink_cost(model, torch.cat([a, b, 0.5 * a + 0.5 * b]), scale=s)
+    e = torch.exp(-torch.tensor([2.0 / s, 2.0 / s, 1.0 / s, 1.0 / s], dtype=torch.float64))
+    expect = [(1 - e[0]) / 2, (1 - e[1]) / 2, ((1 - e[2]) + (1 - e[3])) / 2]
+    assert cost.tolist() == pytest.approx([v.item() for v in expect])
+    assert cost[2] > max(cost[0], cost[1])  # the blend sits on neither plane
+    lam, y = torch.ones(1, dtype=torch.float64), balanced_labels(2, torch.float64)[:1]
+    terms = kkt_loss_terms(model, a, lam, y, _cfg(n_candidates=2, kinks=2.0, kink_scale=s),
+                           -10.0, 10.0, theta2=3.0)
+    assert terms["kink"].item() == pytest.approx(2.0 * 3.0 * cost[0].item())
+    for bad in ({"kinks": -1.0}, {"kinks": float("nan")}, {"kink_scale": 0.0}):
+        with pytest.raises(ValueError, match="kink"):
+            _cfg(**bad)
+
+
+def test_kink_step_follows_the_prior_gradient(trained):
+    """The optimisation loop's step adds exactly the autograd gradient of the kink term
+    (SGD's first step moves x by -lr times the gradient)."""
+    model, _, _ = trained
+    x0 = 0.4 * torch.randn(8, *SHAPE, generator=torch.Generator().manual_seed(2),
+                           dtype=torch.float64)
+    moved = {}
+    for w in (0.0, 0.5):
+        cfg = _cfg(steps=1, optimizer="sgd", lr_x=0.1, kinks=w, kink_scale=0.05, box="none",
+                   subspace_tol=0.0)
+        res = reconstruct(model, cfg, x_init=x0, progress=False)
+        moved[w] = res.x - x0
+        assert (res.history["kink"][0] > 0) == (w > 0)
+    xt = x0.clone().requires_grad_(True)
+    theta2 = float(sum(p.detach().pow(2).sum() for p in model.theta()))
+    kink = kkt_loss_terms(model, xt, torch.ones(8, dtype=torch.float64),
+                          balanced_labels(8, torch.float64), _cfg(kinks=0.5, kink_scale=0.05),
+                          -10.0, 10.0, theta2)["kink"]
+    (g,) = torch.autograd.grad(kink, xt)
+    assert g.abs().max() > 0
+    torch.testing.assert_close(moved[0.5] - moved[0.0], -0.1 * g)
 
 
 def test_two_tone_step_follows_the_prior_gradient(trained):
@@ -320,7 +368,8 @@ def test_reconstruct_runs_and_decreases_loss(trained):
     res = reconstruct(model, cfg, snapshot_steps=(0, 30, 60), progress=False)
     assert isinstance(res, ReconResult)
     h = res.history
-    assert set(h) == {"step", "loss", "stat", "stat_rel", "lam_pen", "prior", "tv", "tone"}
+    assert set(h) == {"step", "loss", "stat", "stat_rel", "lam_pen", "prior", "tv", "tone",
+                      "kink"}
     assert h["step"] == list(range(0, 60, 5)) + [59]
     assert all(len(v) == len(h["step"]) for v in h.values())
     # measured: 44.2 -> 24.9, falling at every log
