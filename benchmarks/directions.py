@@ -27,7 +27,11 @@ held-out test images (the control):
 
 Each entry also counts, one-to-one, only the candidates with the largest multipliers (the
 quarter, half, all of ``n``, and all ``2n``): a ranking that reads nothing but the
-reconstruction's own output, so it can choose what to keep without the training set.
+reconstruction's own output, so it can choose what to keep without the training set. And it
+records ``on_kinks``: the share of the candidates' first-layer pre-activations within 1e-3 of
+zero, beside the training images' and the control's (the file's ``on_kinks``), which says
+whether a direction such as the kink prior (``'kinks 0.01:kinks=0.01'``) put the candidates
+where training images sit.
 
 Nothing here reads a training image until the counts at the end; a direction is kept only if
 it beats ``recipe`` on the shadow model and then it is reported on the victim with its control.
@@ -54,6 +58,7 @@ from ablation import parse_overrides  # noqa: E402
 from recon.evaluate import evaluate  # noqa: E402
 from recon.files import atomic_write_json  # noqa: E402
 from recon.hardware import resolve_precision  # noqa: E402
+from recon.probes import pre_activations  # noqa: E402
 from recon.provenance import provenance  # noqa: E402
 from recon.reconstruct import ReconConfig, reconstruct  # noqa: E402
 from recon.rundir import held_out, load_run  # noqa: E402
@@ -170,6 +175,18 @@ def run_schedule(stages):
                       lambda over, steps: {"subspace_tol": over["subspace_tol"], "steps": steps})
 
 
+#: how near a kink counts as on it, for :func:`on_kinks`
+KINK_BAND = 1e-3
+
+
+def on_kinks(model, x: torch.Tensor) -> float:
+    """The share of the first layer's pre-activations at ``x`` within :data:`KINK_BAND` of
+    zero: how many of its hyperplanes the inputs sit on, on average (training images of a
+    weight-decay model sit on several times more than test images; chapter 6)."""
+    with torch.no_grad():
+        return float((pre_activations(model, x)[0].abs() < KINK_BAND).double().mean())
+
+
 def by_multiplier(x, lam, task, control, sizes) -> list[dict]:
     """One-to-one counts (NCC > 0.9, against the training set and the test control) of the
     ``k`` candidates with the largest multipliers, for each ``k`` in ``sizes`` (a candidate's
@@ -238,6 +255,8 @@ def main(argv: list[str] | None = None) -> None:
         "format": "recon-directions/1", "entries": []}
     done = {(e["run"], e["direction"], e["seed"]) for e in payload["entries"]}
     control = held_out(task)
+    payload["on_kinks"] = {"band": KINK_BAND, "train": on_kinks(model, task.x_train),
+                           "test_control": on_kinks(model, control)}
     for name in args.directions:
         for seed in args.seeds:
             if (run.name, name, seed) in done:
@@ -252,6 +271,7 @@ def main(argv: list[str] | None = None) -> None:
                      "seed": seed, "config": cfg.to_dict(), **extra,
                      "precision": resolve_precision(cfg.matmul, "cpu", cfg.dtype),
                      "residual_exact": kkt_residual(model, x, lam, y),
+                     "on_kinks": on_kinks(model, x),
                      "wall_time_s": wall, "total_time_s": time.perf_counter() - t0,
                      "counts": {"one_to_one": tr.counts(), "test_control": te.counts()},
                      "by_multiplier": by_multiplier(

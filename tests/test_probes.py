@@ -99,3 +99,18 @@ def test_directions_counts_the_candidates_with_the_largest_multipliers(load_benc
     assert all(r["test_ncc>0.9"] == 0 for r in rows)
     per_class = torch.stack([lam[perm], lam[perm]], 1)  # a multiplier per wrong class
     assert directions.by_multiplier(x[perm], per_class, task, control, [8])[0]["ncc>0.9"] == 8
+
+
+def test_directions_on_kinks_counts_pre_activations_near_zero(load_benchmark):
+    """``on_kinks``: the share of first-layer pre-activations within the band of zero."""
+    from recon.models import MLP
+
+    directions = load_benchmark("directions")
+    model = MLP((2,), (2,), init_scale=1.0).double()
+    with torch.no_grad():  # unit 0: the plane x0 = 0; unit 1: the plane x1 = 1
+        model.layers[0].weight.copy_(torch.eye(2, dtype=torch.float64))
+        model.layers[0].bias.copy_(torch.tensor([0.0, -1.0], dtype=torch.float64))
+    band = directions.KINK_BAND
+    x = torch.tensor([[0.0, 1.0], [0.5 * band, 3.0], [2.0 * band, 3.0], [1.0, 1.0 + band / 2]],
+                     dtype=torch.float64)
+    assert directions.on_kinks(model, x) == pytest.approx(4 / 8)  # 2 + 1 + 0 + 1 of 8
