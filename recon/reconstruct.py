@@ -386,10 +386,12 @@ def two_tone_cost(pixels: torch.Tensor) -> torch.Tensor:
 
 def kink_cost(model: MLP, x: torch.Tensor, scale: float = 1e-3) -> torch.Tensor:
     """The kink prior of each candidate, ``mean_k 1 - exp(-|w_k . x + b_k| / scale)`` over the
-    first layer's units ``k``: ``(m,)``, in [0, 1). Near 0 for an input that sits on many of
-    the first layer's hyperplanes (where the ReLU has its kink), as training images of a model
-    trained with weight decay do (``recon.probes.kink_membership``); a blend ``t a + (1 - t) b``
-    of two such images sits only where both do."""
+    first layer's units ``k``: ``(m,)``, in [0, 1). It falls by about ``1 / width`` for each of
+    the first layer's hyperplanes (where the ReLU has its kink) that an input sits on; training
+    images of a model trained with weight decay sit on several times more of them than test
+    images (``recon.probes.kink_membership``), and a blend ``t a + (1 - t) b`` of two such
+    images sits only where both do. Chapter 6 measures it as a prior: the search puts
+    candidates on the hyperplanes without making them training images."""
     layer = model.layers[0]
     z = x.flatten(1).to(layer.weight) @ layer.weight.detach().T + layer.bias.detach()
     # clamped: exp of a large negative argument is subnormal, and slow on a CPU
