@@ -1550,8 +1550,8 @@ for key in KINK_WHO:
     for e in sorted(doc["entries"], key=lambda e: e["config"]["kinks"]):
         w = e["config"]["kinks"]
         c, t = e["counts"]["one_to_one"], e["counts"]["test_control"]
-        kprior[key, w] = {"n9": c["ncc>0.9"], "t9": t["ncc>0.9"], "n8": c["ncc>0.8"],
-                          "on": e["on_kinks"], "min": e["wall_time_s"] / 60}
+        kprior[key, w] = {"n9": c["ncc>0.9"], "t9": t["ncc>0.9"], "on": e["on_kinks"],
+                          "min": e["wall_time_s"] / 60}
         kprior_rows.append({
             "model": KINK_WHO[key],
             "reconstruction": "recipe" if w == 0 else f"kink prior, w = {w:g}",
@@ -1567,13 +1567,16 @@ print("one run each, seed 0, 3,000 steps, m = 2n; test control in brackets; 'on 
       ", ".join(sorted({d["provenance"]["cpu"]["model"] for d in kink_docs.values()})),
       "| commands: each file's provenance.command")
 cs, cv = "cifar10-n500-shadow", "cifar10-n500"
-for key, tag in ((cs, "cs"), (cv, "cv"), ("mnist-n500-shadow", "ms")):
-    ref = kink_docs[key]["on_kinks"]
-    glue(f"kp_{tag}_train", ref["train"], display=False)
-    glue(f"kp_{tag}_test", ref["test_control"], display=False)
-    for w, wtag in ((0.0, "0"), (0.01, "1"), (0.1, "10")):
-        for field in ("n9", "t9", "on", "min"):
-            glue(f"kp_{tag}_{wtag}_{field}", kprior[key, w][field], display=False)
+# the values the text reads: counts on every model, the shares on the CIFAR-10 shadow, the
+# minutes on the victim
+glue("kp_cs_train", kink_docs[cs]["on_kinks"]["train"], display=False)
+glue("kp_cs_test", kink_docs[cs]["on_kinks"]["test_control"], display=False)
+for w, wtag in ((0.0, "0"), (0.01, "1"), (0.1, "10")):
+    for key, tag in ((cs, "cs"), (cv, "cv"), ("mnist-n500-shadow", "ms")):
+        glue(f"kp_{tag}_{wtag}_n9", kprior[key, w]["n9"], display=False)
+    glue(f"kp_cs_{wtag}_on", kprior[cs, w]["on"], display=False)
+glue("kp_cv_0_min", kprior[cv, 0.0]["min"], display=False)
+glue("kp_cv_1_min", kprior[cv, 0.01]["min"], display=False)
 # the sentences below, checked on the committed numbers
 for key in (cs, cv):
     ref = kink_docs[key]["on_kinks"]

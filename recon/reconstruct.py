@@ -394,8 +394,14 @@ def kink_cost(model: MLP, x: torch.Tensor, scale: float = 1e-3) -> torch.Tensor:
     candidates on the hyperplanes without making them training images."""
     layer = model.layers[0]
     z = x.flatten(1).to(layer.weight) @ layer.weight.detach().T + layer.bias.detach()
-    # clamped: exp of a large negative argument is subnormal, and slow on a CPU
-    return (1 - torch.exp(-(z.abs() / scale).clamp(max=30))).mean(1).to(x.dtype)
+    return (1 - _near_kink(z, scale)).mean(1).to(x.dtype)
+
+
+def _near_kink(z: torch.Tensor, scale: float) -> torch.Tensor:
+    """``exp(-|z| / scale)``, 1 on a kink and 0 far from it: the kink prior's term is one minus
+    it, and its gradient ``sign(z)`` times it over ``scale``. The argument is clamped: exp of a
+    large negative number is subnormal, and subnormal arithmetic is slow on a CPU."""
+    return torch.exp(-(z.abs() / scale).clamp(max=30))
 
 
 def _tone_mean(mean: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
@@ -700,7 +706,7 @@ class _Run:
             with torch.no_grad():
                 layer = self.net.layers[0]
                 z = x @ layer.weight.T + layer.bias
-                e = torch.exp(-(z.abs() / config.kink_scale).clamp(max=30))
+                e = _near_kink(z, config.kink_scale)
                 w = config.kinks * self.theta2 / z.numel()
                 kink = w * (1 - e).sum()
                 g_pix = g_pix + (w / config.kink_scale) * (torch.sign(z) * e) @ layer.weight
