@@ -17,7 +17,9 @@ Ablations (the first argument):
   control in each precision: started at the true training images with their KKT multipliers
   (m = n), how many stay recovered (one-to-one NCC > 0.9), and where the residual ends;
 * ``custom``: variants given on the command line, ``--variant NAME:key=value,key=value``
-  (fields of ``ReconConfig``; ``m_per_n=4`` sets ``n_candidates = 4n``; ``first_layer=1``
+  (fields of ``ReconConfig``; ``m_per_n=4`` sets ``n_candidates = 4n``; ``keep=0.25`` counts
+  only the quarter of each run's candidates with the largest multipliers, as a card's pool
+  does (``config.sweep.keep``), at the end and at every snapshot; ``first_layer=1``
   runs no reconstruction and evaluates the paper's baseline instead, the rows of the first
   layer's weights as candidates, both signs, :func:`recon.evaluate.first_layer_candidates`).
 
@@ -62,6 +64,7 @@ from recon.provenance import provenance
 from recon.reconstruct import ReconConfig, first_layer_basis, reconstruct
 from recon.rundir import held_out, load_run
 from recon.stationarity import Stationarity
+from recon.sweep import check_keep, top_by_multiplier
 
 ABLATIONS = {
     "custom": {},
@@ -119,6 +122,7 @@ def _parse_variants(specs: list[str]) -> dict[str, dict]:
 
 def _config(task, steps: int, seed: int, over: dict) -> ReconConfig:
     over = dict(over)
+    over.pop("keep", None)  # a selection after the run, not a field of the run
     m = int(over.pop("m_per_n", 2) * task.n)
     return ReconConfig(**{"n_candidates": m, "steps": steps, "seed": seed, **over})
 
@@ -151,13 +155,16 @@ def snapshot_steps(steps: int, k: int) -> tuple[int, ...]:
     return tuple(sorted({int(round(float(v))) for v in grid} | {steps}))
 
 
-def trajectory(res, task) -> list[dict]:
+def trajectory(res, task, keep: float = 1.0) -> list[dict]:
     """One-to-one NCC counts of every snapshot of ``res`` against the training images and the
-    held-out control, with the wall time at that step (steady state: time per step x step)."""
+    held-out control, with the wall time at that step (steady state: time per step x step);
+    with ``keep`` < 1, of the share of the snapshot's candidates with the largest multipliers
+    at that step."""
     per_step = res.wall_time / max(res.step, 1)
     test = held_out(task)
     out = []
     for step, x in sorted(res.snapshots.items()):
+        x = top_by_multiplier(x, res.snapshot_lam[step], keep)
         tr = evaluate(x, task.x_train, task.mean, matching="one_to_one")
         te = evaluate(x, test, task.mean, matching="one_to_one")
         out.append({"step": step, "time_s": per_step * step,
@@ -233,16 +240,19 @@ def main(argv: list[str] | None = None) -> None:
                 if (run.name, variant, seed) in done:
                     continue
                 cfg = _config(task, steps, seed, over)
+                keep = float(over.get("keep", 1.0))
+                check_keep(keep)  # before the run, not after it
                 t0 = time.perf_counter()
                 res = reconstruct(model, cfg, mean=task.mean, progress=False,
                                   snapshot_steps=snapshot_steps(cfg.steps, args.trajectory))
-                extra = {"trajectory": trajectory(res, task)} if args.trajectory else {}
+                extra = {"trajectory": trajectory(res, task, keep)} if args.trajectory else {}
                 record({**common, **extra, "rank": rank_kept(model, cfg.subspace_tol),
                         "variant": variant, "seed": seed, "config": cfg.to_dict(),
+                        "keep": keep,
                         "stat_rel": res.history["stat_rel"][-1],
                         "stat_rel_f64": _stat_rel_f64(model, res),
                         "wall_time_s": time.perf_counter() - t0,
-                        "counts": _counts(res.x, task)})
+                        "counts": _counts(top_by_multiplier(res.x, res.lam, keep), task)})
             if not args.control or (run.name, f"control {variant}", 0) in done:
                 continue
             # positive control: the true images with their KKT multipliers (m = n)

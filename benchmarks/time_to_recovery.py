@@ -6,7 +6,9 @@ against as many held-out test images (the control):
 
 * **book**: the reconstruction recipe of the run's card (``config.recon_base``: Adam, the
   valid-range box, candidates in the first layer's row space, the card's cut-off, steps and
-  number of candidates);
+  number of candidates), counted as the card pools it: where the card keeps only a share of
+  each run's candidates, those with the largest multipliers (``config.sweep.keep``), every
+  snapshot is counted on that share;
 * **paper**: the paper's reconstruction (:meth:`recon.reconstruct.ReconConfig.paper`): its loss
   in pixel space, SGD with momentum, the [-1, 1] box, full precision, 50,000 steps, with the
   hyperparameters of its good runs (lr_x 0.1, init_scale 1e-2, lambda_min 0.45, alpha 20, all
@@ -62,7 +64,12 @@ def card_variants(card: dict, paper_steps: int) -> list[str]:
     paper = ReconConfig.paper(steps=paper_steps).to_dict()
     # the card's candidates per training image (the full MNIST profile's 4n); the paper's 2n
     per_n = book["n_candidates"] / card["task"]["n"]
-    return [_spec("book", book) + f",m_per_n={per_n:g}", _spec("paper", paper) + ",m_per_n=2"]
+    # and the card's selection: the share of each run's candidates it pools (the full MNIST
+    # profile's quarter with the largest multipliers), counted the same way at every snapshot
+    keep = card["config"].get("sweep", {}).get("keep", 1.0)
+    selection = f",keep={keep:g}" if keep < 1 else ""
+    return [_spec("book", book) + f",m_per_n={per_n:g}" + selection,
+            _spec("paper", paper) + ",m_per_n=2"]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -221,7 +221,9 @@ class ReconConfig:
 @dataclass
 class ReconResult:
     """Candidates ``x`` ``(m, C, H, W)`` (mean-subtracted space), multipliers ``lam`` ``(m,)``,
-    labels ``y`` ``(m,)``, the loss history, snapshots ``{step: x}`` and the run's config."""
+    labels ``y`` ``(m,)``, the loss history, snapshots ``{step: x}`` with the multipliers at
+    the same steps (``snapshot_lam``, ``{step: lam}``: what a selection by multiplier reads),
+    and the run's config."""
 
     x: torch.Tensor
     lam: torch.Tensor
@@ -229,6 +231,7 @@ class ReconResult:
     config: ReconConfig
     history: dict[str, list[float]] = field(default_factory=dict)
     snapshots: dict[int, torch.Tensor] = field(default_factory=dict)
+    snapshot_lam: dict[int, torch.Tensor] = field(default_factory=dict)
     step: int = 0
     wall_time: float = 0.0
 
@@ -448,6 +451,7 @@ def _save(path: Path, res: ReconResult, opts, fingerprint: str, z=None, gates=No
         "y": res.y.cpu(),
         "history": res.history,
         "snapshots": {int(k): v.cpu() for k, v in res.snapshots.items()},
+        "snapshot_lam": {int(k): v.cpu() for k, v in res.snapshot_lam.items()},
         "step": res.step,
         "wall_time": res.wall_time,
         "optimizers": [o.state_dict() for o in opts] if opts else [],
@@ -480,6 +484,8 @@ def load_reconstruction(path: str | os.PathLike) -> tuple[ReconResult, dict]:
             x=raw["x"], lam=raw["lam"], y=raw["y"],
             config=ReconConfig(**{**ADDED_FIELDS, **raw["config"]}),
             history=raw["history"], snapshots={int(k): v for k, v in raw["snapshots"].items()},
+            # files from before multipliers were kept with the snapshots have none
+            snapshot_lam={int(k): v for k, v in raw.get("snapshot_lam", {}).items()},
             step=raw["step"], wall_time=raw["wall_time"],
         )
     except (KeyError, TypeError) as e:
@@ -632,6 +638,11 @@ class _Run:
         """The candidates now, ``(m, *input_shape)`` on the CPU."""
         return self.to_pixels(self.z.detach(), exact=True).view(self.shape).cpu().clone()
 
+    def snapshot(self) -> None:
+        """Keep the candidates and their multipliers at the current step."""
+        self.res.snapshots[self.res.step] = self.current_x()
+        self.res.snapshot_lam[self.res.step] = self.lam.detach().cpu().clone()
+
     def save(self, path: Path) -> None:
         self.res.x, self.res.lam = self.current_x(), self.lam.detach().cpu()
         _save(path, self.res, self.opts, self.fingerprint,
@@ -665,6 +676,7 @@ class _Run:
             opt.load_state_dict(state)
         res = self.res
         res.y, res.history, res.snapshots = prev.y, prev.history, prev.snapshots
+        res.snapshot_lam = prev.snapshot_lam
         res.step, res.wall_time = prev.step, prev.wall_time
 
     def step(self) -> dict[str, torch.Tensor]:
@@ -768,7 +780,8 @@ def reconstruct(
             control); by default ``x ~ N(0, 1) * init_scale``, ``lam ~ U(0, 1)``, balanced y.
             With ``config.subspace_tol > 0`` every start, ``x_init`` included, is projected onto
             the first layer's row space (use ``subspace_tol=0`` for an unconstrained control).
-        snapshot_steps: steps at which to keep a copy of ``x`` (step 0 is the start).
+        snapshot_steps: steps at which to keep a copy of ``x`` and of ``lam`` (step 0 is the
+            start).
         checkpoint: file to save the run to every ``checkpoint_every`` steps and at the end;
             if it exists (same config and same weights) the run resumes from it, and
             ``x_init``/``lam_init``/``y`` are ignored in favour of the saved state.
@@ -810,7 +823,7 @@ def _loop(run: _Run, snapshot_steps, path: Path | None, checkpoint_every: int,
     config, res = run.config, run.res
     t0 = time.perf_counter() - res.wall_time
     if 0 in snapshot_steps and res.step == 0:
-        res.snapshots[0] = run.current_x()
+        run.snapshot()
     bar = tqdm(range(res.step, end), desc="reconstruct", disable=not progress,
                initial=res.step, total=config.steps)
     # the steps from which the products run in full precision (config.finish_full) and the
@@ -834,7 +847,7 @@ def _loop(run: _Run, snapshot_steps, path: Path | None, checkpoint_every: int,
             run.log(step, terms)
             bar.set_postfix(stat_rel=f"{res.history['stat_rel'][-1]:.3g}")
         if res.step in snapshot_steps:
-            res.snapshots[res.step] = run.current_x()
+            run.snapshot()
         if path is not None and res.step % checkpoint_every == 0:
             res.wall_time = time.perf_counter() - t0
             run.save(path)

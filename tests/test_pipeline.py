@@ -100,5 +100,39 @@ def test_time_to_recovery_runs_the_cards_whole_recipe(load_benchmark):
     book, paper = (ablation.parse_overrides(v.partition(":")[2].split(","))
                    for v in ttr.card_variants(card, 50))
     assert book["m_per_n"] == 4 and paper["m_per_n"] == 2
+    assert "keep" not in book and "keep" not in paper  # a card that pools every candidate
     task = type("Task", (), {"n": 500})()
     assert ablation._config(task, 10, 0, book).n_candidates == 2000
+    # a card that pools the quarter with the largest multipliers is counted the same way
+    card["config"]["sweep"] = {"keep": 0.25}
+    book, paper = (ablation.parse_overrides(v.partition(":")[2].split(","))
+                   for v in ttr.card_variants(card, 50))
+    assert book["keep"] == 0.25 and "keep" not in paper  # the paper pools all it finds
+    assert ablation._config(task, 10, 0, book).n_candidates == 2000  # not a field of the run
+
+
+def test_trajectory_counts_the_kept_share_at_every_snapshot(load_benchmark):
+    """With keep < 1 the time-to-recovery curve counts, at each snapshot, only the share of
+    the candidates with the largest multipliers *at that step*, as a card's pool would."""
+    from recon.reconstruct import ReconResult
+
+    ablation = load_benchmark("ablation")
+    torch.manual_seed(0)
+    train = torch.randn(4, 1, 6, 6)
+    task = type("Task", (), {"x_train": train, "mean": torch.zeros(1, 1, 6, 6), "n": 4,
+                             "x_test": torch.randn(4, 1, 6, 6),
+                             "y_test": torch.tensor([1, -1, 1, -1]), "n_test": 4,
+                             "n_outputs": 1})()
+    noise = torch.randn(4, 1, 6, 6)
+    # step 10: the training images carry the large multipliers; step 20: the noise does
+    x = torch.cat([train, noise])
+    lam_early, lam_late = torch.tensor([4., 3, 2, 1, 0, 0, 0, 0]), torch.tensor([0., 0, 0, 0,
+                                                                                 1, 2, 3, 4])
+    res = ReconResult(x, lam_late, torch.ones(8), ReconConfig(n_candidates=8),
+                      snapshots={10: x, 20: x}, snapshot_lam={10: lam_early, 20: lam_late},
+                      step=20, wall_time=2.0)
+    everything = ablation.trajectory(res, task)
+    kept = ablation.trajectory(res, task, keep=0.5)
+    assert [t["train_ncc>0.9"] for t in everything] == [4, 4]
+    assert [t["train_ncc>0.9"] for t in kept] == [4, 0]
+    assert [t["time_s"] for t in kept] == [1.0, 2.0]

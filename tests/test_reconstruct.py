@@ -384,6 +384,10 @@ def test_reconstruct_runs_and_decreases_loss(trained):
         assert snap.shape == (8, *SHAPE) and snap.device.type == "cpu"
     assert torch.equal(res.snapshots[60], res.x)
     assert not torch.equal(res.snapshots[0], res.x)
+    # the multipliers at the same steps: what a selection by multiplier reads at a snapshot
+    assert sorted(res.snapshot_lam) == [0, 30, 60]
+    assert torch.equal(res.snapshot_lam[60], res.lam)
+    assert not torch.equal(res.snapshot_lam[0], res.lam)  # a copy, not the live tensor
     assert res.snapshots[0].std().item() == pytest.approx(0.1, rel=0.3)  # init_scale
     # result layout
     assert res.x.shape == (8, *SHAPE) and res.x.dtype == torch.float64
@@ -487,7 +491,14 @@ def test_checkpoint_resume_equals_straight_run(trained, tmp_path):
     assert sorted(resumed.snapshots) == [0, 5, 15]
     for k in snaps:
         assert torch.allclose(resumed.snapshots[k], straight.snapshots[k], rtol=1e-12)
-    assert load_reconstruction(path)[0].step == 20
+        # the multipliers of the snapshots before the checkpoint come back from the file
+        assert torch.allclose(resumed.snapshot_lam[k], straight.snapshot_lam[k], rtol=1e-12)
+    again = load_reconstruction(path)[0]
+    assert again.step == 20 and sorted(again.snapshot_lam) == [0, 5, 15]
+    # a file written before multipliers were kept with the snapshots reads with none
+    del raw["snapshot_lam"]
+    torch.save(raw, tmp_path / "old.pt")
+    assert load_reconstruction(tmp_path / "old.pt")[0].snapshot_lam == {}
 
 
 def test_checkpoint_resume_is_exact_in_bfloat16_with_a_basis(trained, tmp_path):
