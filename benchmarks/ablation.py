@@ -61,7 +61,7 @@ import torch  # noqa: E402
 from recon.evaluate import evaluate, evaluate_both, first_layer_candidates
 from recon.kkt import kkt_diagnostic
 from recon.provenance import provenance
-from recon.reconstruct import ReconConfig, first_layer_basis, reconstruct
+from recon.reconstruct import ADDED_FIELDS, ReconConfig, first_layer_basis, reconstruct
 from recon.rundir import held_out, load_run
 from recon.stationarity import Stationarity
 from recon.sweep import check_keep, top_by_multiplier
@@ -155,6 +155,22 @@ def snapshot_steps(steps: int, k: int) -> tuple[int, ...]:
     return tuple(sorted({int(round(float(v))) for v in grid} | {steps}))
 
 
+def _check_same(entry: dict, cfg: ReconConfig, keep: float, out: Path) -> None:
+    """A finished entry is kept on resuming only if it ran the recipe asked for now: the same
+    variant name with another recipe (a card's changed profile, an edited ``--variant``) would
+    otherwise be skipped, and the file would report the old recipe under the new name."""
+    before = {**ADDED_FIELDS, **entry.get("config", {})}
+    now = cfg.to_dict()
+    changed = sorted(k for k in now if k != "log_every" and before.get(k) != now[k])
+    if entry.get("keep", 1.0) != keep:
+        changed.append("keep")
+    if changed:
+        raise SystemExit(
+            f"error: {out} already holds {entry['run']}, {entry['variant']!r}, seed "
+            f"{entry['seed']}, run with another recipe (it differs in {', '.join(changed)}); "
+            "write to another --out, or delete that file to run it again")
+
+
 def trajectory(res, task, keep: float = 1.0) -> list[dict]:
     """One-to-one NCC counts of every snapshot of ``res`` against the training images and the
     held-out control, with the wall time at that step (steady state: time per step x step);
@@ -201,7 +217,7 @@ def main(argv: list[str] | None = None) -> None:
     payload = json.loads(out.read_text()) if out.is_file() else {
         "format": "recon-ablation/1", "what": f"{args.ablation}: {' vs '.join(variants)}, "
                                               "same seeds", "entries": []}
-    done = {(e["run"], e["variant"], e["seed"]) for e in payload["entries"]}
+    done = {(e["run"], e["variant"], e["seed"]): e for e in payload["entries"]}
 
     def record(entry: dict) -> None:
         payload["entries"].append(entry)
@@ -237,11 +253,12 @@ def main(argv: list[str] | None = None) -> None:
                             "counts": _counts(x, task)})
                 continue
             for seed in args.seeds:
-                if (run.name, variant, seed) in done:
-                    continue
                 cfg = _config(task, steps, seed, over)
                 keep = float(over.get("keep", 1.0))
                 check_keep(keep)  # before the run, not after it
+                if (run.name, variant, seed) in done:
+                    _check_same(done[run.name, variant, seed], cfg, keep, out)
+                    continue
                 t0 = time.perf_counter()
                 res = reconstruct(model, cfg, mean=task.mean, progress=False,
                                   snapshot_steps=snapshot_steps(cfg.steps, args.trajectory))

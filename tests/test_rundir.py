@@ -188,6 +188,24 @@ def test_ablation_records_the_rank_of_each_variants_cutoff(shadow_run, tmp_path,
     assert entries["low"]["n"] == 6
 
 
+def test_ablation_resumes_only_the_recipe_it_was_asked_for(shadow_run, tmp_path,
+                                                          load_benchmark):
+    """Run again with the same variants, a finished ablation skips what it holds; the same
+    variant name with another recipe (or another keep) is refused, not silently skipped."""
+    path, _, _ = shadow_run
+    out = tmp_path / "resume.json"
+    ablation = load_benchmark("ablation")
+    args = ["custom", str(path), "--seeds", "0", "--steps", "3", "--out", str(out)]
+    ablation.main(args + ["--variant", "book:subspace_tol=0.3"])
+    first = out.read_text()
+    ablation.main(args + ["--variant", "book:subspace_tol=0.3"])  # nothing to do
+    assert out.read_text() == first
+    for other in ("book:subspace_tol=0.1", "book:subspace_tol=0.3,keep=0.5"):
+        with pytest.raises(SystemExit, match="another recipe"):
+            ablation.main(args + ["--variant", other])
+    assert out.read_text() == first
+
+
 def test_held_out_labelled_gives_each_images_own_label():
     from recon.rundir import held_out_labelled
 
