@@ -461,10 +461,11 @@ plt.show()
 #
 # The quick profile runs `ReconConfig()` for {glue:text}`steps_quick` steps with $m = 2n$
 # candidates; the full profile ($n = 500$, section 7) runs the same recipe for 3,000 steps in
-# a smaller row space (on MNIST, widened for the last two thirds, with a prior against blends
-# of digits), and the `paper` profile runs `ReconConfig.paper()` for
-# {glue:text}`steps_paper` steps. The paper pooled the candidates of its best runs (up to
-# about 100) before evaluating; sections 4 to 6 show single runs, and section 7 pools eight.
+# a smaller row space (on MNIST with $m = 4n$ candidates, and a row space widened for the
+# last two thirds with a prior against blends of digits), and the `paper` profile runs
+# `ReconConfig.paper()` for {glue:text}`steps_paper` steps. The paper pooled the candidates of
+# its best runs (up to about 100) before evaluating; sections 4 to 6 show single runs, and
+# section 7 pools eight.
 
 # %% [markdown]
 # ## 4. A run on MNIST
@@ -1208,7 +1209,8 @@ assert ev_sgd.count(ncc_above=0.8) < evs["mnist"].count(ncc_above=0.8)
 # - At the paper's size the row space has no sharp edge. Keeping only its strong directions
 #   (`subspace_tol` = 1e-2, chosen on a shadow model) still holds most training images and
 #   drops most of the noise; pooled runs then bring back dozens of MNIST training digits,
-#   and over a hundred with the prior against blends of the Results chapter.
+#   and about ninety, with a test-image control under 5% of the count, with the prior
+#   against blends of the Results chapter.
 #
 # %% [markdown]
 # ## References
